@@ -1,0 +1,3 @@
+from supervise_smtp.cli import main
+
+main()

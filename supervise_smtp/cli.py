@@ -1,0 +1,119 @@
+"""Command line: argv by hand, then one connection; the only place that exits.
+
+Usage is parsed without argparse (13 ms of imports, paid by every SMTP
+connection).  Exit codes: 100 usage, 111 could not start the child; after the
+child ran, its exit code, or its terminating signal raised on ourselves so
+that tcpserver's ``end PID status S`` is the same as without the wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, UsageError
+
+__all__ = ["main", "parse", "USAGE"]
+
+USAGE = "usage: supervise-smtp [options] [--] prog [args...]"
+HELP = f"""{USAGE}
+
+Runs prog (qmail-smtpd and its chain) on a socketpair, relays the SMTP
+connection on fds 0/1 byte for byte, and writes one line per event on fd 2.
+
+options:
+  --stderr tag|pass      child's stderr lines as tagged events (default), or
+                         passed through byte for byte as whole lines
+  --format logfmt|json   event line format (default logfmt)
+  --linger SECONDS       after the child exits, wait this long for descendants
+                         that still hold its stderr (default 1)
+  -h, --help             this help
+  -V, --version          print the version
+
+exit: 100 usage, 111 cannot start prog, else prog's own status.
+"""
+
+_CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json")}
+_VALUED = ("--stderr", "--format", "--linger")
+
+
+def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split argv into (options, prog argv); raises UsageError."""
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if arg in ("-h", "--help", "-V", "--version"):
+            opts[arg.lstrip("-")[0].lower()] = ""
+            return opts, []
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=")
+        if name not in _VALUED:
+            raise UsageError(f"unknown option {arg}")
+        if not eq:
+            i += 1
+            if i >= len(args):
+                raise UsageError(f"option {name} needs a value")
+            value = args[i]
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise UsageError(f"bad value for {name}: {value} (one of {'|'.join(_CHOICES[name])})")
+        if name == "--linger":
+            try:
+                if not 0 <= float(value) <= 3600:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"bad value for --linger: {value}") from None
+        opts[name[2:]] = value
+        i += 1
+    prog = args[i:]
+    if not prog:
+        raise UsageError("missing prog")
+    return opts, prog
+
+
+def _say(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; never returns."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts, prog = parse(args)
+    except UsageError as err:
+        _say(2, f"supervise-smtp: fatal: {err} ({USAGE})\n")
+        os._exit(EXIT_USAGE)
+    if "h" in opts:
+        _say(1, HELP)
+        os._exit(0)
+    if "v" in opts:
+        from supervise_smtp import __version__
+
+        _say(1, f"supervise-smtp {__version__}\n")
+        os._exit(0)
+
+    from supervise_smtp import session
+
+    options = session.Options(
+        stderr_mode=opts.get("stderr", "tag"),
+        format=opts.get("format", "logfmt"),
+        linger_s=float(opts.get("linger", "1")),
+    )
+    try:
+        status = session.run(options, prog)
+    except TempError as err:
+        _say(2, f"supervise-smtp: fatal: {err}\n")
+        os._exit(EXIT_TEMP)
+    if status.signal is not None:
+        from supervise_smtp.process import die_like
+
+        die_like(status.signal)
+        os._exit(128 + status.signal)
+    os._exit(status.code or 0)

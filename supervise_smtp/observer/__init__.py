@@ -1,0 +1,1 @@
+"""Sans-IO SMTP observer (issue 3)."""

@@ -1,0 +1,145 @@
+"""The child: spawn it on a socketpair, reap it, pass its fate on.
+
+Only builtin modules here (os, _socket, _signal): this runs before the
+banner, on every connection.  The child is spawned first of all, so that
+qmail-smtpd's own start-up and banner overlap the wrapper's imports.
+
+No pty, no ptrace: the child's fd 0 and fd 1 are one end of an AF_UNIX
+socketpair (qmail-smtpd only needs read/write on them), fd 2 is a pipe the
+wrapper reads, and the environment is passed on untouched (TCPREMOTEIP,
+RELAYCLIENT, QMAILQUEUE...).
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import os
+
+from supervise_smtp.errors import TempError
+
+__all__ = ["Child", "ExitStatus", "spawn", "reap", "signal_name", "die_like"]
+
+# Python ignores these at start-up and an ignored disposition survives exec:
+# qmail-smtpd must get them back at their defaults, as under plain tcpserver.
+_RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+class Child:
+    """A running child: its pid, our end of the socketpair, its stderr pipe."""
+
+    __slots__ = ("pid", "sock", "err_fd", "pidfd", "argv")
+
+    def __init__(self, pid: int, sock: _socket.socket, err_fd: int, pidfd: int | None,
+                 argv: list[str]) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.err_fd = err_fd
+        self.pidfd = pidfd
+        self.argv = argv
+
+
+class ExitStatus:
+    """How the child ended, with its resource usage."""
+
+    __slots__ = ("code", "signal", "core", "user_s", "sys_s", "maxrss_kb", "wstatus")
+
+    def __init__(self, wstatus: int, rusage: object | None) -> None:
+        self.wstatus = wstatus
+        if os.WIFSIGNALED(wstatus):
+            self.code: int | None = None
+            self.signal: int | None = os.WTERMSIG(wstatus)
+            self.core = os.WCOREDUMP(wstatus)
+        else:
+            self.code = os.WEXITSTATUS(wstatus)
+            self.signal = None
+            self.core = False
+        self.user_s = float(getattr(rusage, "ru_utime", 0.0))
+        self.sys_s = float(getattr(rusage, "ru_stime", 0.0))
+        self.maxrss_kb = int(getattr(rusage, "ru_maxrss", 0))
+
+
+def spawn(argv: list[str]) -> Child:
+    """Start argv with a socketpair end on fds 0/1 and a pipe on fd 2.
+
+    Raises TempError (exit 111) when it cannot: EMFILE, ENOENT, EACCES...
+    glibc's posix_spawn reports exec failures back to us, so "not found" and
+    "not executable" are known here rather than as a mysterious exit 127.
+    """
+    try:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except OSError as err:
+        raise TempError(f"unable to create socketpair: {err.strerror}", err.errno) from err
+    try:
+        err_r, err_w = os.pipe()
+    except OSError as err:
+        ours.close()
+        theirs.close()
+        raise TempError(f"unable to create pipe: {err.strerror}", err.errno) from err
+    child_fd = theirs.fileno()
+    actions = [
+        (os.POSIX_SPAWN_DUP2, child_fd, 0),
+        (os.POSIX_SPAWN_DUP2, child_fd, 1),
+        (os.POSIX_SPAWN_DUP2, err_w, 2),
+    ]
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions,
+                              setsigdef=_RESET_SIGNALS)
+    except OSError as err:
+        ours.close()
+        os.close(err_r)
+        raise TempError(f"unable to spawn {argv[0]}: {err.strerror}", err.errno) from err
+    finally:
+        theirs.close()
+        os.close(err_w)
+    ours.setblocking(False)
+    os.set_blocking(err_r, False)
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None  # old kernel: the relay polls with waitpid instead
+    return Child(pid, ours, err_r, pidfd, argv)
+
+
+def reap(child: Child, block: bool = True) -> ExitStatus | None:
+    """wait4 the child; None if it is still running and block is False."""
+    while True:
+        try:
+            pid, wstatus, rusage = os.wait4(child.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return ExitStatus(0, None)  # someone else reaped it; nothing to tell
+        if pid == 0:
+            return None
+        if os.WIFEXITED(wstatus) or os.WIFSIGNALED(wstatus):
+            return ExitStatus(wstatus, rusage)
+
+
+def signal_name(signum: int) -> str:
+    """SIGSEGV for 11; computed on demand (the signal module costs an enum import)."""
+    for name in dir(_signal):
+        if name.startswith("SIG") and not name.startswith("SIG_") and name not in (
+            "SIGCLD", "SIGIOT", "SIGPOLL"
+        ) and getattr(_signal, name) == signum:
+            return name
+    return f"SIG{signum}"
+
+
+def die_like(signum: int) -> None:
+    """Kill ourselves with the child's signal, default action, no core.
+
+    So that ``tcpserver -v`` logs the same ``end PID status S`` as it would
+    without the wrapper.  Does not return unless the signal does not kill.
+    """
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        _signal.signal(signum, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [signum])
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), signum)

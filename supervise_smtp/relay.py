@@ -1,0 +1,382 @@
+"""Both directions between the client (fds 0/1) and the child, byte-exact.
+
+The relay knows no SMTP.  It moves bytes with non-blocking I/O and bounded
+buffers, shows each chunk to a tap (the observer's seam) and owns the clock.
+
+Rules it keeps:
+- never a blocking write: a stalled reader in one direction never stalls the
+  other, and memory is bounded by back-pressure (a full buffer stops reading);
+- half-close is propagated: client EOF -> shutdown(SHUT_WR) toward the child
+  once what is buffered is written; child EOF -> flush, then shutdown (socket)
+  or close (pipe) toward the client;
+- O_NONBLOCK is never set on a descriptor we may share.  A socket on fd 0/1
+  (tcpserver's) is read and written with MSG_DONTWAIT instead; a pipe or tty
+  there gets O_NONBLOCK and its flag is restored at the end.  fd 2 is never
+  touched;
+- a tap that raises is dropped (fail open): the error is kept for one
+  ``observer_error`` event, and the bytes go on as before.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import select
+import stat
+import time
+
+__all__ = ["Relay", "ClientEnd", "Tap", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
+
+CHUNK_BYTES = 256 * 1024
+BUFFER_BYTES = 512 * 1024
+FLUSH_SECONDS = 30.0
+
+_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+_POLLOUT = select.POLLOUT
+_DONTWAIT = _socket.MSG_DONTWAIT
+_NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF,
+         errno.ETIMEDOUT, errno.EIO)
+
+
+class Tap:
+    """What the relay shows its bytes to; the observer implements this."""
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes read from the client (b"" at EOF)."""
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes read from the child (b"" at EOF)."""
+
+
+class ClientEnd:
+    """One of fds 0/1: a socket (MSG_DONTWAIT) or anything else (O_NONBLOCK)."""
+
+    __slots__ = ("fd", "sock", "restore_blocking")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sock: _socket.socket | None = None
+        self.restore_blocking = False
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return
+        if stat.S_ISSOCK(mode):
+            try:
+                self.sock = _socket.socket(fileno=fd)
+            except OSError:
+                self.sock = None
+        if self.sock is None and os.get_blocking(fd):
+            os.set_blocking(fd, False)
+            self.restore_blocking = True
+
+    def read(self, size: int) -> bytes | None:
+        """Bytes, b"" at EOF, None if nothing is ready."""
+        try:
+            if self.sock is not None:
+                return self.sock.recv(size, _DONTWAIT)
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Bytes written, 0 if the peer is not ready; OSError if it is gone."""
+        try:
+            if self.sock is not None:
+                return self.sock.send(data, _DONTWAIT | _NOSIGNAL)
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
+    def shut_write(self) -> None:
+        """Tell the client we are done: shutdown a socket, close a pipe."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+            return
+        # Keep the fd number taken (by /dev/null) so that no later open()
+        # lands on fd 1 by accident.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.fd)
+            os.close(null)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Undo what we changed; never close the fd behind the socket object."""
+        if self.sock is not None:
+            self.sock.detach()
+            self.sock = None
+        if self.restore_blocking:
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
+            self.restore_blocking = False
+
+
+class Relay:
+    """Moves bytes until the child is gone and its output is delivered.
+
+    ``stderr_cb`` gets the child's stderr bytes (b"" at EOF); ``child_exited``
+    is polled through ``pidfd`` (or called every 100 ms when there is none)
+    and returns True once the child is reaped.  After the child has exited the
+    relay lingers at most ``linger_s`` for descendants still holding its
+    socket or stderr (qmail-scanner may outlive qmail-smtpd).
+    """
+
+    def __init__(self, cin: ClientEnd, cout: ClientEnd, server: _socket.socket,
+                 err_fd: int | None, pidfd: int | None, tap: Tap | None,
+                 stderr_cb, child_exited, linger_s: float = 1.0) -> None:
+        self.cin = cin
+        self.cout = cout
+        self.server = server
+        self.err_fd = err_fd
+        self.pidfd = pidfd
+        self.tap = tap
+        self.tap_error: BaseException | None = None
+        self.stderr_cb = stderr_cb
+        self.child_exited = child_exited
+        self.linger_s = linger_s
+        self.c2s = bytearray()
+        self.s2c = bytearray()
+        self.bytes_in = 0  # read from the client
+        self.bytes_out = 0  # written to the client
+        self.bytes_to_server = 0
+        self.bytes_from_server = 0
+        self.client_eof = False  # client sent EOF (or its read failed)
+        self.server_eof = False  # child closed its output
+        self.server_shut = False  # we sent EOF to the child
+        self.client_shut = False  # we sent EOF to the client
+        self.client_gone = False  # a write to the client failed
+        self.server_gone = False  # a write to the child failed
+        self.client_error: str | None = None
+        self.first_close: str | None = None  # "client" or "server"
+        self.exited_at: float | None = None
+        self.started = time.monotonic()
+        self.ended: float | None = None
+
+    # -- taps ------------------------------------------------------------
+    def _show(self, client: bool, data: bytes) -> None:
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            if client:
+                tap.client_data(data)
+            else:
+                tap.server_data(data)
+        except Exception as exc:  # fail open: the relay must never stop for a tap
+            self.tap = None
+            self.tap_error = exc
+
+    # -- the two directions ----------------------------------------------
+    def _client_readable(self) -> None:
+        room = min(CHUNK_BYTES, BUFFER_BYTES - len(self.c2s))
+        if room <= 0:
+            return  # a hangup seen while full: read it once there is room
+        data = None
+        try:
+            data = self.cin.read(room)
+        except OSError as err:
+            self.client_error = errno.errorcode.get(err.errno or 0, str(err.errno))
+            data = b""
+        if data is None:
+            return
+        if not data:
+            self.client_eof = True
+            self.first_close = self.first_close or "client"
+            self._show(True, b"")
+            self._flush_c2s()
+            return
+        self.bytes_in += len(data)
+        self._show(True, data)
+        if self.server_gone:
+            return  # the child can no longer read: drop, keep the client moving
+        if self.c2s:
+            self.c2s += data
+            self._flush_c2s()
+        else:
+            sent = self._send_server(data)
+            if sent < len(data):
+                self.c2s += data[sent:]
+
+    def _send_server(self, data: bytes | bytearray) -> int:
+        try:
+            n = self.server.send(data, _NOSIGNAL)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.server_gone = True
+            self.c2s.clear()
+            return len(data)
+        self.bytes_to_server += n
+        return n
+
+    def _flush_c2s(self) -> None:
+        if self.c2s and not self.server_gone:
+            n = self._send_server(self.c2s)
+            del self.c2s[:n]
+        if self.client_eof and not self.c2s and not self.server_shut:
+            self.server_shut = True
+            try:
+                self.server.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _server_readable(self) -> None:
+        room = min(CHUNK_BYTES, BUFFER_BYTES - len(self.s2c))
+        if room <= 0:
+            return
+        try:
+            data = self.server.recv(room)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.server_eof = True
+            self.first_close = self.first_close or "server"
+            self._show(False, b"")
+            self._flush_s2c()
+            return
+        self.bytes_from_server += len(data)
+        self._show(False, data)
+        if self.client_gone:
+            return  # nobody to tell; keep draining so the child never blocks
+        if self.s2c:
+            self.s2c += data
+            self._flush_s2c()
+        else:
+            sent = self._send_client(data)
+            if sent < len(data):
+                self.s2c += data[sent:]
+
+    def _send_client(self, data: bytes | bytearray) -> int:
+        try:
+            n = self.cout.write(data)
+        except OSError as err:
+            self.client_gone = True
+            self.client_error = self.client_error or errno.errorcode.get(err.errno or 0, "EIO")
+            self.s2c.clear()
+            return len(data)
+        self.bytes_out += n
+        return n
+
+    def _flush_s2c(self) -> None:
+        if self.s2c and not self.client_gone:
+            n = self._send_client(self.s2c)
+            del self.s2c[:n]
+        if self.server_eof and not self.s2c and not self.client_shut:
+            self.client_shut = True
+            if not self.client_gone:
+                self.cout.shut_write()
+
+    # -- the loop ----------------------------------------------------------
+    def _stderr_readable(self) -> None:
+        assert self.err_fd is not None
+        try:
+            data = os.read(self.err_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            os.close(self.err_fd)
+            self.err_fd = None
+        self.stderr_cb(data)
+
+    def _note_exit(self) -> None:
+        if self.exited_at is None and self.child_exited():
+            self.exited_at = time.monotonic()
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+
+    def _remaining(self) -> float | None:
+        """Seconds left before we stop waiting; None while the child runs.
+
+        Once the child has exited we wait for its output to reach the client
+        (up to FLUSH_SECONDS: a client may be slow to read the last reply) and
+        for its stderr to close (up to linger_s: a descendant may hold it).
+        """
+        if self.exited_at is None:
+            return None
+        output_done = self.client_gone or (self.server_eof and not self.s2c)
+        if output_done and self.err_fd is None:
+            return 0.0
+        limit = self.linger_s if output_done or not self.s2c else FLUSH_SECONDS
+        return limit - (time.monotonic() - self.exited_at)
+
+    def done(self) -> bool:
+        """True when the child is gone and what it said has been delivered."""
+        left = self._remaining()
+        return left is not None and left <= 0
+
+    def run(self) -> None:
+        """Relay until done(); then close our end toward the child."""
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        cin, cout, sfd = self.cin.fd, self.cout.fd, self.server.fileno()
+        while not self.done():
+            want: dict[int, int] = {}
+            if not self.client_eof and len(self.c2s) < BUFFER_BYTES:
+                want[cin] = _POLLIN
+            if self.s2c and not self.client_gone:
+                want[cout] = _POLLOUT
+            smask = 0
+            if not self.server_eof and len(self.s2c) < BUFFER_BYTES:
+                smask |= _POLLIN
+            if self.c2s and not self.server_gone:
+                smask |= _POLLOUT
+            if smask:
+                want[sfd] = smask
+            if self.err_fd is not None:
+                want[self.err_fd] = _POLLIN
+            if self.pidfd is not None:
+                want[self.pidfd] = select.POLLIN
+            for fd in [fd for fd in registered if fd not in want]:
+                poller.unregister(fd)
+                del registered[fd]
+            for fd, mask in want.items():
+                if registered.get(fd) != mask:
+                    poller.register(fd, mask)
+                    registered[fd] = mask
+            left = self._remaining()
+            if left is not None:
+                timeout: float | None = max(0.0, left) * 1000
+            elif self.pidfd is None:
+                timeout = 100.0
+            else:
+                timeout = None
+            events = poller.poll(timeout)
+            for fd, ev in events:
+                if fd == self.pidfd:
+                    self._note_exit()
+                    continue
+                if fd == self.err_fd:
+                    self._stderr_readable()
+                    continue
+                if fd == sfd:
+                    if ev & _POLLOUT or (ev & (select.POLLERR | select.POLLHUP) and self.c2s):
+                        self._flush_c2s()
+                    if ev & _POLLIN and not self.server_eof:
+                        self._server_readable()
+                    continue
+                if fd == cout and self.s2c:
+                    self._flush_s2c()
+                if fd == cin and not self.client_eof:
+                    self._client_readable()
+            if self.pidfd is None:
+                self._note_exit()
+        self.ended = time.monotonic()
+        if self.err_fd is not None:
+            os.close(self.err_fd)
+            self.err_fd = None
+        self.cin.release()
+        self.cout.release()
