@@ -1,0 +1,31 @@
+#!/bin/sh
+# Install what supervise-smtp's demo, tests and benchmarks need on Debian 12,
+# then a virtualenv in .venv with the package and its test extras.
+# Idempotent: a second run only checks.
+set -eu
+cd "$(dirname "$0")/.."
+
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+APT_PACKAGES="ucspi-tcp swaks exim4-daemon-light daemontools runit s6 gcc python3-venv procps"
+
+missing=
+for p in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "bootstrap: installing$missing" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # runit's postinst may try to talk to an init that is not there: harmless.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c 'import supervise_smtp, pytest, hypothesis, aiosmtpd' 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv/.installed
+fi

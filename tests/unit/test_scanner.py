@@ -1,0 +1,24 @@
+"""Classification of stderr lines by the program that wrote them."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervise_smtp.scanner import classify
+
+
+@pytest.mark.parametrize(
+    ("line", "source"),
+    [
+        (b"X-Qmail-Scanner-1.25st: Process 4242 closed, parent process died", "qmail-scanner"),
+        (b"X-Qmail-Scanner-2.11: [mx.example1234] clean", "qmail-scanner"),
+        (b"simscan:[4321]:CLEAN (0.00/0.00):0.1s:subject:1.2.3.4:a@b:c@d", "simscan"),
+        (b"qmail-queue: fatal: unable to write", "qmail-queue"),
+        (b"rblsmtpd: 1.2.3.4 pid 99: 451 listed", "rblsmtpd"),
+        (b"anything else", "child"),
+        (b"", "child"),
+    ],
+)
+def test_scanner_classify(line, source):
+    """Each known program's line shape is recognised; the rest is the child's."""
+    assert classify(line) == source
