@@ -12,7 +12,6 @@ import os
 import time
 
 from supervise_smtp.errors import TempError
-from supervise_smtp.output import Output
 from supervise_smtp.process import Child, ExitStatus, reap, signal_name, spawn
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
@@ -71,11 +70,14 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     """Supervise one connection; returns how the child ended."""
     started = time.monotonic()
     env = os.environ
-    out = Output(opts.format)
-    out.base = {"remote": env.get("TCPREMOTEIP"), "pid": os.getpid()}
+    base = {"remote": env.get("TCPREMOTEIP"), "pid": os.getpid()}
     try:
-        child = spawn(argv)
+        child = spawn(argv)  # first: qmail-smtpd starts while we import the rest
     except TempError as err:
+        from supervise_smtp.output import Output
+
+        out = Output(opts.format)
+        out.base = base
         out.emit("wrapper_error", where="spawn", error=str(err), errno=err.errno)
         raise
     reaped: list[ExitStatus] = []
@@ -91,8 +93,12 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         _signal.signal(sig, forward)
 
     from supervise_smtp.lines import LineSplitter
+    from supervise_smtp.output import Output
     from supervise_smtp.relay import ClientEnd, Relay
     from supervise_smtp.scanner import classify
+
+    out = Output(opts.format)
+    out.base = base
 
     out.emit("connect", _connect_fields(env, child))
     passthrough = opts.stderr_mode == "pass"
