@@ -70,7 +70,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     """Supervise one connection; returns how the child ended."""
     started = time.monotonic()
     env = os.environ
-    base = {"remote": env.get("TCPREMOTEIP"), "pid": os.getpid()}
+    base: dict[str, object] = {"remote": env.get("TCPREMOTEIP"), "pid": os.getpid()}
     try:
         child = spawn(argv)  # first: qmail-smtpd starts while we import the rest
     except TempError as err:
