@@ -29,3 +29,6 @@ if ! .venv/bin/python -c 'import supervise_smtp, pytest, hypothesis, aiosmtpd' 2
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
   touch .venv/.installed
 fi
+# supervise-smtp starts once per connection: make sure its byte code is cached
+# even where PYTHONDONTWRITEBYTECODE is set (stale .pyc files are rebuilt here).
+.venv/bin/python -m compileall -q supervise_smtp >/dev/null
