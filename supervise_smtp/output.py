@@ -85,7 +85,7 @@ def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
             text = cut[:tail] if tail >= 0 else cut
             truncated = True
         items.append((key, text))
-    if truncated and "truncated" not in fields:
+    if truncated and not fields.get("truncated"):
         items.append(("truncated", True))
     return items
 

@@ -18,7 +18,7 @@ import os
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["Child", "ExitStatus", "spawn", "reap", "signal_name", "die_like"]
+__all__ = ["Child", "ExitStatus", "original_environ", "spawn", "reap", "signal_name", "die_like"]
 
 # Python ignores these at start-up and an ignored disposition survives exec:
 # qmail-smtpd must get them back at their defaults, as under plain tcpserver.
@@ -59,6 +59,34 @@ class ExitStatus:
         self.maxrss_kb = int(getattr(rusage, "ru_maxrss", 0))
 
 
+def original_environ() -> dict[bytes, bytes] | os._Environ[bytes]:
+    """The environment exactly as we were started with it.
+
+    Not os.environ: with no locale set (as under runsv or envdir -i), CPython
+    adds LC_CTYPE=C.UTF-8 to it at start-up (PEP 538 locale coercion), and
+    qmail-smtpd must see what tcpserver gave, nothing more.  The kernel keeps
+    the environment block of execve in /proc/self/environ.
+    """
+    try:
+        fd = os.open("/proc/self/environ", os.O_RDONLY)
+    except OSError:
+        return os.environb
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return os.environb
+    finally:
+        os.close(fd)
+    env: dict[bytes, bytes] = {}
+    for entry in b"".join(chunks).split(b"\0"):
+        key, eq, value = entry.partition(b"=")
+        if eq and key:
+            env.setdefault(key, value)
+    return env
+
+
 def spawn(argv: list[str]) -> Child:
     """Start argv with a socketpair end on fds 0/1 and a pipe on fd 2.
 
@@ -83,7 +111,7 @@ def spawn(argv: list[str]) -> Child:
         (os.POSIX_SPAWN_DUP2, err_w, 2),
     ]
     try:
-        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions,
+        pid = os.posix_spawnp(argv[0], argv, original_environ(), file_actions=actions,
                               setsigdef=_RESET_SIGNALS)
     except OSError as err:
         ours.close()

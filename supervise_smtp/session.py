@@ -112,8 +112,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
                 out.write_raw(line + b"\n")
             else:
                 out.emit("child_stderr", child_pid=child.pid, source=source, text=line,
-                         line_bytes=total if truncated else None,
-                         truncated=True if truncated else None)
+                         line_bytes=total, truncated=True if truncated else None)
 
     def child_exited() -> bool:
         if not reaped:
