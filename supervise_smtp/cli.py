@@ -13,7 +13,7 @@ import sys
 
 from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, UsageError
 
-__all__ = ["main", "parse", "USAGE"]
+__all__ = ["main", "parse", "USAGE", "SUBCOMMANDS"]
 
 USAGE = "usage: supervise-smtp [options] [--] prog [args...]"
 HELP = f"""{USAGE}
@@ -29,6 +29,10 @@ options:
                          that still hold its stderr (default 1)
   -h, --help             this help
   -V, --version          print the version
+
+subcommands (each with --help):
+  supervise-smtp wrap-run PATH      insert supervise-smtp into a run script
+  supervise-smtp check-service DIR  sanity-check a qmail-smtpd service dir
 
 exit: 100 usage, 111 cannot start prog, else prog's own status.
 """
@@ -82,9 +86,37 @@ def _say(fd: int, text: str) -> None:
         pass
 
 
+# Subcommands: module with ``main(args: list[str]) -> int``, imported only
+# when asked for.  A program with one of these names needs ``--`` before it.
+SUBCOMMANDS = {
+    "wrap-run": "supervise_smtp.wraprun",
+    "check-service": "supervise_smtp.checkservice",
+}
+
+
+def _subcommand(name: str, args: list[str]) -> int:
+    """Run a subcommand; its UsageError is exit 100, its TempError 111."""
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[name])
+    try:
+        return int(module.main(args))
+    except UsageError as err:
+        _say(2, f"supervise-smtp {name}: fatal: {err}\n")
+        return EXIT_USAGE
+    except TempError as err:
+        _say(2, f"supervise-smtp {name}: fatal: {err}\n")
+        return EXIT_TEMP
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; never returns."""
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        sys.stdout.flush()
+        code = _subcommand(args[0], args[1:])
+        sys.stdout.flush()
+        os._exit(code)
     try:
         opts, prog = parse(args)
     except UsageError as err:
