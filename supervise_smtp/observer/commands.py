@@ -1,0 +1,104 @@
+"""Pure parsing of SMTP command lines and reply lines (no state).
+
+Kept apart from the state machine so each rule of RFC 5321 / 1870 / 3030 /
+3463 is a small function that can be tested alone.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KNOWN_VERBS",
+    "LAST_IN_GROUP",
+    "enhanced_code",
+    "param_value",
+    "parse_bdat",
+    "parse_path",
+    "parse_reply_line",
+    "split_command",
+]
+
+KNOWN_VERBS = frozenset({
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY",
+    "EXPN", "HELP", "QUIT", "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN",
+})
+# RFC 2920 3.1 (+ RFC 3207, 4954): these end a pipelined group; a command
+# sent behind one of them before its reply is a violation.
+LAST_IN_GROUP = frozenset({
+    "EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP", "STARTTLS", "AUTH",
+})
+_MAX_VERB = 16
+
+
+def split_command(line: bytes) -> tuple[str, bytes]:
+    """(VERB, argument bytes); VERB is "UNKNOWN" for anything not in KNOWN_VERBS."""
+    sp = line.find(b" ")
+    head = line if sp < 0 else line[:sp]
+    args = b"" if sp < 0 else line[sp + 1:].strip(b" \t")
+    if len(head) <= _MAX_VERB and head.isalpha() and head.isascii():
+        verb = head.decode("ascii").upper()
+        if verb in KNOWN_VERBS:
+            return verb, args
+    return "UNKNOWN", line
+
+
+def parse_path(args: bytes, keyword: bytes) -> tuple[bytes | None, bytes]:
+    """``FROM:<a@b> SIZE=1`` -> (b"a@b", b"SIZE=1"); None if ``keyword:`` is absent.
+
+    Lenient like real servers: case-insensitive keyword, spaces after the
+    colon, a path without angle brackets.
+    """
+    n = len(keyword)
+    if args[:n].upper() != keyword or args[n:n + 1] != b":":
+        return None, args
+    rest = args[n + 1:].lstrip(b" ")
+    if rest[:1] == b"<":
+        close = rest.find(b">")
+        if close < 0:
+            return rest[1:], b""
+        return rest[1:close], rest[close + 1:].strip(b" ")
+    sp = rest.find(b" ")
+    if sp < 0:
+        return rest, b""
+    return rest[:sp], rest[sp + 1:].strip(b" ")
+
+
+def param_value(params: bytes, name: bytes) -> bytes | None:
+    """Value of ``NAME=value`` among space-separated ESMTP parameters."""
+    for item in params.split(b" "):
+        key, eq, value = item.partition(b"=")
+        if eq and key.upper() == name:
+            return value
+    return None
+
+
+def parse_bdat(args: bytes) -> tuple[int | None, bool]:
+    """``1000 LAST`` -> (1000, True); (None, False) when the size is not a number."""
+    parts = args.split()
+    if not parts or not parts[0].isdigit() or len(parts[0]) > 15:
+        return None, False
+    last = len(parts) > 1 and parts[1].upper() == b"LAST"
+    return int(parts[0]), last
+
+
+def parse_reply_line(line: bytes) -> tuple[int, bool, bytes] | None:
+    """``250-text`` -> (250, True, b"text"); None when not a reply line."""
+    if len(line) < 3 or not line[:3].isdigit():
+        return None
+    sep = line[3:4]
+    if sep == b"-":
+        return int(line[:3]), True, line[4:]
+    if sep in (b" ", b""):
+        return int(line[:3]), False, line[4:]
+    return None
+
+
+def enhanced_code(text: bytes) -> str | None:
+    """The RFC 3463 ``class.subject.detail`` code at the start of ``text``."""
+    head = text[:12].split(b" ", 1)[0]
+    parts = head.split(b".")
+    if len(parts) != 3 or parts[0] not in (b"2", b"4", b"5"):
+        return None
+    for part in parts[1:]:
+        if not (1 <= len(part) <= 3 and part.isdigit()):
+            return None
+    return head.decode("ascii")

@@ -1,0 +1,64 @@
+"""Fixtures shared by the whole suite: binaries, the wrapper command, tcpserver.
+
+Under CI (``CI=true``) a missing binary fails the test instead of skipping
+it, so that a broken CI image can never turn the end-to-end suite green.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import TcpServer, wrapper_argv  # noqa: E402
+
+
+def in_ci() -> bool:
+    """True when running under CI, where nothing may be skipped for lack of a binary."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def need(binary: str) -> str:
+    """Path of ``binary``; fails under CI and skips elsewhere when it is missing."""
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{binary} not installed (run scripts/bootstrap.sh)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(name="need")
+def need_fixture() -> Callable[[str], str]:
+    """The ``need(binary)`` helper, as a fixture."""
+    return need
+
+
+@pytest.fixture
+def wrapper() -> list[str]:
+    """argv prefix that runs supervise-smtp with the interpreter under test."""
+    return wrapper_argv()
+
+
+@pytest.fixture
+def tcpserver(tmp_path: Path) -> Iterator[Callable[..., TcpServer]]:
+    """Factory starting real tcpservers; all are killed and reaped at teardown."""
+    need("tcpserver")
+    started: list[TcpServer] = []
+
+    def start(argv: list[str], env: dict[str, str] | None = None,
+              opts: tuple[str, ...] = ()) -> TcpServer:
+        server = TcpServer(argv, tmp_path, env=env, opts=opts)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,270 @@
+"""Helpers shared by the test suite.
+
+Observer transcripts first; the wrapper, log and tcpserver helpers used by
+tests/cli and tests/e2e follow.
+
+A transcript is a list of ``("C", bytes)`` / ``("S", bytes)`` steps in the
+order the relay saw them; ``b""`` is EOF for that side.  ``feed`` plays one
+through an Observer, optionally cutting each step into pieces, and returns
+every event produced, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from supervise_smtp.observer import Event, Observer
+from supervise_smtp.output import parse_logfmt
+
+Step = tuple[str, bytes]
+Splitter = Callable[[bytes], Iterable[bytes]]
+
+
+def whole(data: bytes) -> list[bytes]:
+    """Each step in one piece."""
+    return [data]
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    """Each step one byte at a time (EOF stays EOF)."""
+    return [data[i:i + 1] for i in range(len(data))] or [data]
+
+
+def cut_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (out-of-range offsets ignored)."""
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    pieces, prev = [], 0
+    for c in points + [len(data)]:
+        pieces.append(data[prev:c])
+        prev = c
+    return pieces
+
+
+def feed(steps: Sequence[Step], obs: Observer | None = None,
+         split: Splitter = whole) -> list[Event]:
+    """All events of ``steps`` played through ``obs`` (a fresh Observer by default)."""
+    obs = obs if obs is not None else Observer()
+    events: list[Event] = []
+    for side, data in steps:
+        fn = obs.feed_client if side == "C" else obs.feed_server
+        for piece in split(data) if data else [b""]:
+            events += fn(piece)
+    return events
+
+
+def names(events: Iterable[Event]) -> list[str]:
+    """Event class names, for compact assertions."""
+    return [type(e).__name__ for e in events]
+
+
+def smtp_session(body: bytes, ehlo_caps: bytes = b"250-PIPELINING\r\n250 8BITMIME\r\n",
+                 end: bytes = b"\r\n.\r\n") -> list[Step]:
+    """A complete one-message session whose DATA body is ``body`` + ``end``."""
+    return [
+        ("S", b"220 mx.example.org ESMTP\r\n"),
+        ("C", b"EHLO client.example.com\r\n"),
+        ("S", b"250-mx.example.org\r\n" + ehlo_caps),
+        ("C", b"MAIL FROM:<a@example.com>\r\n"),
+        ("S", b"250 ok\r\n"),
+        ("C", b"RCPT TO:<b@example.org>\r\n"),
+        ("S", b"250 ok\r\n"),
+        ("C", b"DATA\r\n"),
+        ("S", b"354 go ahead\r\n"),
+        ("C", body + end),
+        ("S", b"250 ok 1234 qp 5678\r\n"),
+        ("C", b"QUIT\r\n"),
+        ("S", b"221 mx.example.org\r\n"),
+        ("C", b""),
+        ("S", b""),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# End-to-end and CLI helpers (tests/e2e, tests/cli): the wrapper command line,
+# its event lines, a real tcpserver, reads with a deadline.
+
+TESTS_DIR = Path(__file__).resolve().parent
+STDIO_CHILDREN = TESTS_DIR / "fakes" / "stdio_children"
+
+
+def wrapper_argv() -> list[str]:
+    """The fastest way to run supervise-smtp with the interpreter under test."""
+    script = Path(sys.executable).parent / "supervise-smtp"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "supervise_smtp"]
+
+
+def child_argv(name: str, *args: str) -> list[str]:
+    """argv running one of tests/fakes/stdio_children/ with this interpreter."""
+    return [sys.executable, str(STDIO_CHILDREN / name), *args]
+
+
+def events(data: bytes | str) -> list[dict[str, str]]:
+    """The logfmt event lines (``event=...``) of a stderr capture, parsed."""
+    if isinstance(data, bytes):
+        data = data.decode("ascii", "replace")
+    return [parse_logfmt(line) for line in data.splitlines() if line.startswith("event=")]
+
+
+def event(data: bytes | str, name: str) -> dict[str, str]:
+    """The one event named ``name``; fails if there is not exactly one."""
+    found = [e for e in events(data) if e["event"] == name]
+    assert len(found) == 1, f"want one event={name}, got {found!r} in {data!r}"
+    return found[0]
+
+
+def vm_rss_kb(pid: int) -> int | None:
+    """VmRSS of a live process in kB, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def no_core_dumps() -> None:
+    """preexec_fn: RLIMIT_CORE 0, so a signal status never carries the core flag."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_END = re.compile(r"^tcpserver: end (\d+) status (\d+)$", re.M)
+
+
+class TcpServer:
+    """``tcpserver -v -R -H -l 0 127.0.0.1 PORT argv...`` in its own session.
+
+    Its stderr (tcpserver's lines and the wrapper's event lines) goes to a
+    file, read back with :meth:`log`.  :meth:`stop` kills the whole process
+    group and reaps tcpserver; call it (the fixture does) even on failure.
+    """
+
+    def __init__(self, argv: list[str], workdir: Path, env: dict[str, str] | None = None,
+                 opts: tuple[str, ...] = ()) -> None:
+        self.argv = argv
+        self.workdir = workdir
+        self.env = env
+        self.opts = opts
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path = workdir / f"tcpserver-{id(self):x}.err"
+
+    def start(self, tries: int = 5, timeout: float = 10.0) -> TcpServer:
+        """Start on a free port (retrying if the bind fails) and wait until it listens."""
+        for _ in range(tries):
+            self.port = free_port()
+            with open(self.log_path, "wb") as err:
+                self.proc = subprocess.Popen(
+                    ["tcpserver", "-v", "-R", "-H", "-l", "0", *self.opts, "127.0.0.1",
+                     str(self.port), *self.argv],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    env=self.env, start_new_session=True, preexec_fn=no_core_dumps,
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if "tcpserver: status: " in self.log():
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            else:
+                self.stop()
+                raise AssertionError(f"tcpserver did not start: {self.log()!r}")
+            self.stop()  # could not bind: try another port
+        raise AssertionError(f"tcpserver could not bind after {tries} tries: {self.log()!r}")
+
+    def log(self) -> str:
+        """Everything tcpserver and its children wrote on stderr so far."""
+        try:
+            return self.log_path.read_bytes().decode("ascii", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A client connection with every operation under ``timeout``."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Wait until the log matches ``pattern`` (multiline regex)."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.log())
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in tcpserver log: {self.log()!r}")
+            time.sleep(0.01)
+
+    def end_statuses(self, count: int = 1, timeout: float = 15.0) -> dict[int, int]:
+        """``{pid: status}`` from the first ``count`` ``tcpserver: end`` lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {int(p): int(s) for p, s in _END.findall(self.log())}
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"want {count} end lines: {self.log()!r}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Kill tcpserver and everything in its process group, then reap it."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def recv_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Everything the peer sends until it shuts down its side."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def read_fd_until(fd: int, marker: bytes, timeout: float = 15.0) -> bytes:
+    """Read a (pipe) fd until ``marker`` or EOF, never longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while marker not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"timed out waiting for {marker!r}, got {buf!r}")
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        buf += data
+    return buf

@@ -1,0 +1,344 @@
+"""The SMTP observer on hand-written transcripts: commands, replies, stages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import bytewise, feed, names, smtp_session
+
+from supervise_smtp.observer import Observer
+from supervise_smtp.observer.events import (
+    Banner,
+    Capabilities,
+    Command,
+    DataEnd,
+    DataRejected,
+    DataStart,
+    EarlyTalker,
+    LineTooLong,
+    MalformedReply,
+    PeerClosed,
+    PipeliningViolation,
+    Reply,
+)
+from supervise_smtp.observer.state import STAGES, SessionState
+
+BANNER = ("S", b"220 mx.example.org ESMTP\r\n")
+EHLO = [("C", b"EHLO c.example\r\n"), ("S", b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n")]
+EHLO_NO_PIPELINING = [("C", b"EHLO c.example\r\n"), ("S", b"250-mx\r\n250 8BITMIME\r\n")]
+
+
+def of(events, cls):
+    return [e for e in events if type(e) is cls]
+
+
+def test_observer_import_pulls_no_heavy_module():
+    """Importing the observer loads none of the slow stdlib modules (start-up budget)."""
+    code = ("import sys, supervise_smtp.observer; "
+            "print(' '.join(sorted({'dataclasses', 'enum', 'typing', 're', 'collections', "
+            "'base64', 'logging'} & set(sys.modules))))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    assert out.stdout.strip() == ""
+
+
+def test_observer_full_session_events_in_order():
+    """A clean one-message session gives the expected event sequence and summary."""
+    obs = Observer()
+    events = feed(smtp_session(b"Subject: x\r\n\r\nhello\r\n"), obs)
+    assert names(events) == [
+        "Banner", "Command", "Reply", "Capabilities", "Command", "Reply", "Command", "Reply",
+        "Command", "Reply", "DataStart", "DataEnd", "Reply", "Command", "Reply",
+        "PeerClosed", "PeerClosed",
+    ]
+    st = obs.state
+    assert st.quit_answered and st.messages == 1 and st.messages_queued == 1
+    assert st.sent == {"EHLO": 1, "MAIL": 1, "RCPT": 1, "DATA": 1, "QUIT": 1}
+    assert st.accepted["DATA_END"] == 1
+    assert st.last_reply_code == 221 and st.stage == "quit"
+    end = of(events, DataEnd)[0]
+    assert (end.lines, end.wire_bytes, end.size, end.qmail_size) == (4, 26, 23, 19)
+
+
+def test_observer_banner_multiline_and_enhanced_code():
+    """A multiline banner is one Banner; an enhanced status code is parsed from replies."""
+    events = feed([("S", b"220-mx.example.org\r\n220 ready\r\n"), ("C", b"MAIL FROM:<a@b>\r\n"),
+                   ("S", b"530 5.7.0 Must issue a STARTTLS command first\r\n")])
+    assert of(events, Banner) == [Banner(code=220, enhanced=None,
+                                         text=b"mx.example.org\nready", truncated=False)]
+    reply = of(events, Reply)[0]
+    assert (reply.code, reply.enhanced, reply.command) == (530, "5.7.0", "MAIL")
+
+
+def test_observer_ehlo_capabilities_parsed():
+    """The EHLO reply's keywords become a Capabilities event and state flags."""
+    obs = Observer()
+    events = feed([BANNER, ("C", b"EHLO x\r\n"), ("S", b"250-mx greets x\r\n250-PIPELINING\r\n"
+                   b"250-SIZE 10485760\r\n250-STARTTLS\r\n250-AUTH LOGIN PLAIN CRAM-MD5\r\n"
+                   b"250-AUTH=LOGIN\r\n250-CHUNKING\r\n250 8BITMIME\r\n")], obs)
+    caps = of(events, Capabilities)[0]
+    assert caps == Capabilities(
+        pipelining=True, size=10485760, starttls=True, auth=b"LOGIN PLAIN CRAM-MD5",
+        chunking=True, eightbitmime=True, smtputf8=False,
+        keywords=b"PIPELINING SIZE STARTTLS AUTH AUTH=LOGIN CHUNKING 8BITMIME", truncated=False)
+    assert obs.state.pipelining and obs.state.starttls_offered and obs.state.size_limit == 10485760
+
+
+@pytest.mark.parametrize(("line", "verb", "address", "params"), [
+    (b"MAIL FROM:<a@example.com> SIZE=1000 BODY=8BITMIME", "MAIL", b"a@example.com",
+     b"SIZE=1000 BODY=8BITMIME"),
+    (b"mail from: <a@example.com>", "MAIL", b"a@example.com", None),
+    (b"MAIL FROM:<>", "MAIL", b"", None),
+    (b"RCPT TO:<postmaster>", "RCPT", b"postmaster", None),
+    (b"RCPT TO:b@example.org NOTIFY=NEVER", "RCPT", b"b@example.org", b"NOTIFY=NEVER"),
+    (b"RCPT <b@example.org>", "RCPT", None, None),
+    (b"XYZZY plugh", "UNKNOWN", None, None),
+    (b"\x16\x03\x01binary", "UNKNOWN", None, None),
+    (b"noop", "NOOP", None, None),
+], ids=["mail-params", "mail-lower-space", "null-sender", "rcpt-postmaster", "rcpt-no-brackets",
+        "rcpt-malformed", "unknown", "binary", "noop-lower"])
+def test_observer_command_parsed(line, verb, address, params):
+    """Command lines give the verb, address and ESMTP parameters."""
+    events = feed([BANNER, ("C", line + b"\r\n")])
+    cmd = of(events, Command)[0]
+    assert (cmd.verb, cmd.address, cmd.params) == (verb, address, params)
+    if verb == "UNKNOWN":
+        assert cmd.args == line
+
+
+@pytest.mark.parametrize(("steps", "stage"), [
+    ([], "connect"),
+    ([BANNER], "banner"),
+    ([BANNER, *EHLO], "ehlo"),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\n")], "mail"),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")], "rcpt"),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")], "data"),
+    ([BANNER, *EHLO, ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", b"x")], "data_body"),
+    ([BANNER, *EHLO, ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", b"x\r\n.\r\n")],
+     "data_end"),
+    ([BANNER, *EHLO, ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", b"x\r\n.\r\n"),
+      ("S", b"250 ok\r\n")], "data_end"),
+    ([BANNER, *EHLO, ("C", b"BDAT 3\r\nabc")], "bdat"),
+    ([BANNER, *EHLO, ("C", b"STARTTLS\r\n")], "starttls"),
+    ([BANNER, *EHLO, ("C", b"STARTTLS\r\n"), ("S", b"454 no TLS\r\n")], "ehlo"),
+    ([BANNER, *EHLO, ("C", b"AUTH LOGIN\r\n")], "auth"),
+    ([BANNER, *EHLO, ("C", b"AUTH LOGIN\r\n"), ("S", b"504 no\r\n")], "ehlo"),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRSET\r\n")], "ehlo"),
+    ([BANNER, *EHLO, ("C", b"NOOP\r\nVRFY x\r\n")], "ehlo"),
+    ([BANNER, *EHLO, ("C", b"QUIT\r\n")], "quit"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_observer_stage_follows_protocol(steps, stage):
+    """The stage names the last protocol step the client reached."""
+    obs = Observer(tls_factory=lambda: _FakeTLS())
+    feed(steps, obs)
+    assert obs.stage == stage
+    assert stage in STAGES
+
+
+def test_observer_pipelined_replies_matched_in_order():
+    """With PIPELINING, replies are matched to the queued commands in FIFO order."""
+    events = feed([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\n"
+                                        b"DATA\r\n"),
+                   ("S", b"250 ok\r\n250 ok\r\n553 no\r\n354 go\r\n")])
+    replies = [(r.code, r.command) for r in of(events, Reply)][1:]
+    assert replies == [(250, "MAIL"), (250, "RCPT"), (553, "RCPT"), (354, "DATA")]
+    assert not of(events, PipeliningViolation)
+    assert [c.pipelined for c in of(events, Command)][1:] == [False, True, True, True]
+
+
+@pytest.mark.parametrize(("steps", "kinds"), [
+    ([BANNER, *EHLO_NO_PIPELINING, ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")],
+     ["unadvertised"]),
+    ([BANNER, ("C", b"EHLO x\r\nMAIL FROM:<a@b>\r\n")], ["unadvertised"]),
+    ([BANNER, *EHLO, ("C", b"NOOP\r\nMAIL FROM:<a@b>\r\n")], ["after_noop"]),
+    ([BANNER, *EHLO, ("C", b"DATA\r\nSubject: x\r\n")], ["after_data"]),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")], []),
+], ids=["no-pipelining", "before-ehlo-reply", "after-noop", "after-data", "allowed"])
+def test_observer_pipelining_violation_reported(steps, kinds):
+    """Commands sent too early are PipeliningViolation events, never exceptions."""
+    events = feed(steps)
+    assert [v.kind for v in of(events, PipeliningViolation)] == kinds
+
+
+def test_observer_bytes_after_data_become_body_on_354():
+    """Body bytes sent behind DATA are held, then read as body once the 354 comes."""
+    events = feed([BANNER, *EHLO, ("C", b"DATA\r\nhello\r\n.\r\n"), ("S", b"354 go\r\n"),
+                   ("S", b"250 ok\r\n")])
+    assert names(events)[-6:] == ["Command", "PipeliningViolation", "Reply", "DataStart",
+                                  "DataEnd", "Reply"]
+    end = of(events, DataEnd)[0]
+    assert end.lines == 1 and end.wire_bytes == 10
+    assert of(events, Reply)[-1].command == "DATA_END"
+
+
+def test_observer_bytes_after_refused_data_are_commands():
+    """Bytes held behind a refused DATA are parsed as commands, as the server reads them."""
+    events = feed([BANNER, *EHLO, ("C", b"DATA\r\nQUIT\r\n"), ("S", b"503 MAIL first\r\n"),
+                   ("S", b"221 bye\r\n")])
+    assert [c.verb for c in of(events, Command)] == ["EHLO", "DATA", "QUIT"]
+    assert of(events, Reply)[-1].command == "QUIT"
+    assert not of(events, DataStart)
+
+
+def test_observer_early_talker_flagged():
+    """Client bytes before the banner give one EarlyTalker; the commands still count."""
+    obs = Observer()
+    events = feed([("C", b"EHLO x\r\n"), BANNER, ("S", b"250 mx\r\n")], obs)
+    assert names(events)[:2] == ["EarlyTalker", "Command"]
+    assert of(events, EarlyTalker) == [EarlyTalker()]
+    assert of(events, Reply)[0].command == "EHLO" and obs.state.early_talker
+
+
+def test_observer_qmail_bare_lf_reject_tied_to_line():
+    """qmail-smtpd's mid-body 451 is a DataRejected with the first bare LF line and count."""
+    body = b"".join(b"line %d\r\n" % i for i in range(1, 12)) + b"bare\nlf\nagain\nmore"
+    obs = Observer()
+    events = feed([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\n"), ("S", b"250 ok\r\n"),
+                   ("C", b"RCPT TO:<c@d>\r\n"), ("S", b"250 ok\r\n"), ("C", b"DATA\r\n"),
+                   ("S", b"354 go ahead\r\n"), ("C", body),
+                   ("S", b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"), ("S", b""),
+                   ("C", b"")], obs)
+    rejected = of(events, DataRejected)[0]
+    assert (rejected.code, rejected.in_stage) == (451, "data_body")
+    assert (rejected.bare_lf_first_line, rejected.bare_lf_count) == (12, 3)
+    assert rejected.text == b"See https://cr.yp.to/docs/smtplf.html."
+    reply = of(events, Reply)[-1]
+    assert (reply.command, reply.in_stage) == (None, "data_body")
+    assert obs.state.data_rejected == rejected
+    closed = of(events, PeerClosed)
+    assert [(c.peer, c.stage) for c in closed] == [("server", "data_body"),
+                                                    ("client", "data_body")]
+
+
+def test_observer_bdat_chunks_counted():
+    """BDAT chunks are framed by their size; BDAT LAST ends the message."""
+    obs = Observer()
+    events = feed([BANNER, ("C", b"EHLO x\r\n"),
+                   ("S", b"250-mx\r\n250-CHUNKING\r\n250 PIPELINING\r\n"),
+                   ("C", b"BDAT 5\r\nab\ncdBDAT 3 LAST\r\nxyzQUIT\r\n"),
+                   ("S", b"250 5 octets\r\n250 queued\r\n221 bye\r\n")], obs)
+    assert names(of(events, DataStart)) == ["DataStart"]
+    end = of(events, DataEnd)[0]
+    assert (end.method, end.wire_bytes, end.chunks, end.bare_lf_count) == ("bdat", 8, 2, 1)
+    assert [c.verb for c in of(events, Command)] == ["EHLO", "BDAT", "BDAT", "QUIT"]
+    assert obs.state.messages_queued == 1 and obs.state.quit_answered
+
+
+def test_observer_unsolicited_and_malformed_replies():
+    """A reply with nothing pending is unsolicited; a non-reply line is MalformedReply."""
+    obs = Observer()
+    events = feed([BANNER, ("S", b"421 timeout\r\nHTTP/1.0 200 OK\r\n")], obs)
+    assert of(events, Reply)[0].command is None
+    assert of(events, MalformedReply) == [MalformedReply(text=b"HTTP/1.0 200 OK", truncated=False)]
+    assert obs.state.unsolicited_replies == 1
+
+
+def test_observer_line_too_long_cut_and_bounded():
+    """A line past max_line_bytes gives LineTooLong once; the buffer never passes the cap."""
+    obs = Observer(max_line_bytes=64)
+    events = []
+    events += obs.feed_server(b"220 mx\r\n")
+    for _ in range(100):
+        events += obs.feed_client(b"A" * 50)
+        assert obs.buffered <= 64
+    events += obs.feed_client(b"\r\nNOOP\r\n")
+    assert names(events) == ["Banner", "LineTooLong", "Command", "PipeliningViolation",
+                             "Command"]
+    long_cmd = of(events, Command)[0]
+    assert long_cmd.truncated and long_cmd.verb == "UNKNOWN"
+    assert of(events, LineTooLong) == [LineTooLong(direction="client", limit=64)]
+
+
+def test_observer_text_fields_bounded():
+    """Client and server text in events is cut to 512 bytes with truncated=True."""
+    events = feed([("S", b"220 " + b"x" * 2000 + b"\r\n"), ("C", b"VRFY " + b"y" * 2000 + b"\r\n")])
+    assert len(of(events, Banner)[0].text) == 512 and of(events, Banner)[0].truncated
+    cmd = of(events, Command)[0]
+    assert len(cmd.args) == 512 and cmd.truncated
+
+
+def test_observer_pending_fifo_bounded():
+    """More than 1000 unanswered commands are counted, not queued."""
+    obs = Observer()
+    feed([BANNER, *EHLO, ("C", b"NOOP\r\n" * 1500)], obs)
+    assert obs.state.pending == 1000 and obs.state.pending_dropped == 500
+
+
+def test_observer_eof_reports_partial_line_length_only():
+    """EOF with an unterminated line reports its length, never its content."""
+    events = feed([BANNER, ("C", b"MAIL FROM:<secret"), ("C", b"")])
+    assert of(events, PeerClosed) == [PeerClosed(peer="client", stage="banner", pending=0,
+                                                 partial_bytes=17)]
+
+
+def test_observer_bytewise_equals_whole_on_session():
+    """Feeding a session byte by byte gives the same events as whole steps."""
+    steps = smtp_session(b"a\r\n..b\r\nbare\nlf\r\n")
+    assert feed(steps, split=bytewise) == feed(steps)
+
+
+def test_observer_state_repr_has_every_field():
+    """The state summary is a plain object whose repr lists its fields."""
+    text = repr(SessionState())
+    assert text.startswith("SessionState(stage='connect'")
+    assert "quit_answered=False" in text
+
+
+class _FakeTLS:
+    """Stand-in TLS parser: records what it is fed."""
+
+    def __init__(self) -> None:
+        self.client: list[bytes] = []
+        self.server: list[bytes] = []
+
+    def feed_client(self, data: bytes) -> list:
+        self.client.append(data)
+        return []
+
+    def feed_server(self, data: bytes) -> list:
+        self.server.append(data)
+        return []
+
+
+# Log keys are an API: a rename must show up here first.
+EVENT_KEYS = {
+    "auth_result": "mechanism user user_truncated result code enhanced",
+    "banner": "code enhanced text truncated",
+    "bare_cr": "message line offset",
+    "bare_lf": "message line offset",
+    "capabilities": (
+        "pipelining size starttls auth chunking eightbitmime smtputf8 "
+        "keywords truncated"),
+    "command": "verb args address params pipelined truncated",
+    "data_end": (
+        "message method wire_bytes size qmail_size lines dot_stuffed "
+        "bare_lf_count bare_lf_first_line bare_cr_count bare_cr_first_line "
+        "nul_count nul_first_line long_line_count long_line_first_line "
+        "eight_bit_count eight_bit_first_line smuggling_count chunks"),
+    "data_rejected": (
+        "code enhanced text truncated in_stage message body_bytes body_lines "
+        "bare_lf_count bare_lf_first_line bare_cr_count nul_count"),
+    "data_start": "message method",
+    "early_talker": "",
+    "line_too_long": "direction limit",
+    "long_line": "message line offset",
+    "malformed_reply": "text truncated",
+    "nul_byte": "message line offset",
+    "peer_closed": "peer stage pending partial_bytes",
+    "pipelining_violation": "kind verb pending",
+    "reply": "code enhanced text lines command in_stage truncated",
+    "smuggling": "message variant line offset",
+    "starttls": "implicit",
+    "starttls_injection": "length",
+}
+
+
+def test_observer_event_names_and_keys_snapshot():
+    """Every observer event's name and keys match the released snapshot."""
+    from supervise_smtp.observer import events
+
+    got = {getattr(events, n).NAME: getattr(events, n).__slots__
+           for n in events.__all__ if n != "Event"}
+    assert got == {name: tuple(keys.split()) for name, keys in EVENT_KEYS.items()}
