@@ -1,0 +1,754 @@
+"""``supervise-smtp wrap-run PATH``: insert supervise-smtp into a run script.
+
+The core is pure (text in, text out, warnings list): :func:`shell_commands`
+cuts a POSIX sh script into simple commands and words with their offsets,
+:func:`locate` finds the one ``tcpserver ... qmail-smtpd`` command and the
+place where tcpserver's program starts, and :func:`wrap` inserts
+``supervise-smtp [OPTIONS] --`` there.  The script is never executed: ``$VAR``
+words are resolved only from literal assignments made in the script itself.
+
+The I/O shell (:func:`main`) shows a unified diff and writes only with
+``--yes`` or a "y" typed on a terminal; it keeps a backup next to the script
+(``PATH.bak-supervise-smtp``, then ``.1``, ``.2``... so an earlier backup is
+never overwritten) and replaces the script atomically with the same mode and
+owner.  Without ``--yes`` and without a terminal, it prints the diff, writes
+nothing and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from supervise_smtp.errors import TempError, UsageError
+
+__all__ = [
+    "Word",
+    "Command",
+    "Location",
+    "Result",
+    "WrapRefused",
+    "shell_commands",
+    "assignments",
+    "locate",
+    "wrap",
+    "main",
+    "BACKUP_SUFFIX",
+    "TCPSERVER_OPTSTRING",
+    "SOFTLIMITS",
+    "program_name",
+    "resolve",
+]
+
+BACKUP_SUFFIX = ".bak-supervise-smtp"
+
+# getopt strings read from the installed binaries (``strings tcpserver``,
+# ``strings softlimit``, ``strings chpst``): a letter followed by ":" takes an
+# argument.  tcpserver(1): -c -x -t -u -g -l -b -B take one.
+TCPSERVER_OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:pPoO"
+SOFTLIMIT_OPTSTRING = "a:c:d:f:l:m:o:p:r:s:t:"
+CHPST_OPTSTRING = "u:U:b:e:m:d:o:p:f:c:r:t:/:n:l:L:vP012V"
+# softlimit options that only limit memory: moving them from before tcpserver
+# to after supervise-smtp keeps their meaning for qmail-smtpd.
+_MEMORY_LIMITS = set("amdslr")
+SOFTLIMITS = ("softlimit", "s6-softlimit")
+
+_UNSUPPORTED_SERVERS = ("tcpsvd", "sslserver", "tcpserver-ssl", "s6-tcpserver",
+                        "s6-tcpserver4", "s6-tcpserver6", "inetd", "xinetd")
+_SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "busybox")
+_RESERVED = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until",
+             "for", "case", "esac", "in", "!", "{", "}", "time"}
+_PORTISH = re.compile(r"^(\d+|smtp|submission|submissions|smtps|urd)$")
+_VAR_WORD = re.compile(r'^"?\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}'
+                       r'|([A-Za-z_][A-Za-z0-9_]*))"?$')
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+
+# Variable names taken to mean these programs when the script does not assign
+# them (they come from envdir / a sourced conf file).
+_VAR_PROGRAMS = {
+    "SMTPD": "qmail-smtpd", "QMAIL_SMTPD": "qmail-smtpd", "QMAILSMTPD": "qmail-smtpd",
+    "TCPSERVER": "tcpserver", "SUPERVISE_SMTP": "supervise-smtp",
+    "RBLSMTPD": "rblsmtpd",
+}
+
+
+class WrapRefused(Exception):
+    """No safe place to insert supervise-smtp (the shell maps it to exit 100)."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """One shell word as written: ``text`` is ``script[start:end]``."""
+
+    text: str
+    start: int
+    end: int
+    line: int
+    redirect: bool = False
+
+    @property
+    def literal(self) -> str | None:
+        """The word after quote removal, or None if it holds an expansion."""
+        return _unquote(self.text)
+
+
+@dataclass
+class Command:
+    """A simple command: its words (redirections flagged) in script order."""
+
+    words: list[Word] = field(default_factory=list)
+
+    @property
+    def args(self) -> list[Word]:
+        """The words that are not redirections."""
+        return [w for w in self.words if not w.redirect]
+
+    @property
+    def line(self) -> int:
+        return self.words[0].line if self.words else 0
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the qmail-smtpd chain sits inside its command."""
+
+    command: Command
+    tcpserver: int          # index into command.args
+    prog: int               # index of the first word of tcpserver's program
+    smtpd: int              # index of the qmail-smtpd word
+    wrapped: bool           # supervise-smtp is already in the program chain
+    env: dict[str, str]
+
+    def name(self, index: int) -> str:
+        """Basename of the program word at ``index`` (resolved through $VARs)."""
+        return program_name(self.command.args[index], self.env)
+
+
+@dataclass
+class Result:
+    """Outcome of :func:`wrap`."""
+
+    text: str
+    changed: bool
+    already: bool
+    warnings: list[str]
+    line: int
+
+
+# --------------------------------------------------------------------------
+# The shell lexer: just enough of POSIX sh to find words and their offsets.
+
+def _skip_quoted(text: str, i: int) -> int:
+    """Index after the quoted/expanded construct starting at ``text[i]``."""
+    c = text[i]
+    n = len(text)
+    if c == "'":
+        j = text.find("'", i + 1)
+        if j < 0:
+            raise WrapRefused(f"unterminated ' quote at line {_line_of(text, i)}")
+        return j + 1
+    if c in "\"`":
+        j = i + 1
+        while j < n:
+            if text[j] == "\\":
+                j += 2
+                continue
+            if text[j] == c:
+                return j + 1
+            if c == '"' and text.startswith("$(", j) or c == '"' and text[j] == "`":
+                j = _skip_quoted(text, j)
+                continue
+            j += 1
+        raise WrapRefused(f"unterminated {c} quote at line {_line_of(text, i)}")
+    if text.startswith("$(", i) or text.startswith("${", i):
+        close = ")" if text[i + 1] == "(" else "}"
+        opener = text[i + 1]
+        depth = 1
+        j = i + 2
+        while j < n:
+            ch = text[j]
+            if ch == "\\":
+                j += 2
+                continue
+            if ch in "'\"`":
+                j = _skip_quoted(text, j)
+                continue
+            if ch == opener:
+                depth += 1
+            elif ch == close:
+                depth -= 1
+                if depth == 0:
+                    return j + 1
+            j += 1
+        raise WrapRefused(f"unterminated ${opener} at line {_line_of(text, i)}")
+    return i + 1
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def shell_commands(text: str) -> list[Command]:
+    """Simple commands of a sh script, with each word's offsets.
+
+    Handles quotes, ``$(...)``, backquotes, ``${...}``, backslash-newline
+    continuations, comments, here-documents, operators (``; & | && || ( )``)
+    and redirections (``2>&1``, ``>file``: flagged, not arguments).  Reserved
+    words that open or close a compound command are dropped, so the body of
+    an ``if`` is seen as ordinary commands.
+    """
+    commands: list[Command] = []
+    current = Command()
+    heredocs: list[tuple[str, bool]] = []
+    i, n = 0, len(text)
+
+    def finish() -> None:
+        nonlocal current
+        while current.words and not current.words[0].redirect and \
+                current.words[0].text in _RESERVED:
+            current.words.pop(0)
+        if current.words:
+            commands.append(current)
+        current = Command()
+
+    while i < n:
+        c = text[i]
+        if c == "\\" and text.startswith("\\\n", i):
+            i += 2
+            continue
+        if c in " \t":
+            i += 1
+            continue
+        if c == "\n":
+            finish()
+            i += 1
+            for delim, strip in heredocs:
+                while i < n:
+                    end = text.find("\n", i)
+                    end = n if end < 0 else end
+                    line = text[i:end]
+                    i = end + 1
+                    if (line.lstrip("\t") if strip else line) == delim:
+                        break
+            heredocs = []
+            continue
+        if c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if c in ";&|()":
+            finish()
+            i += 2 if text[i:i + 2] in (";;", "&&", "||") else 1
+            continue
+        # a word, or a redirection (optional fd digits, then < or >)
+        start = i
+        redirect = False
+        j = i
+        while j < n and text[j].isdigit():
+            j += 1
+        if j < n and text[j] in "<>":
+            redirect = True
+            op = re.match(r"<<-?|<&|>&|>>|<>|>\||<|>", text[j:])
+            assert op is not None
+            j += len(op.group(0))
+            here = op.group(0).startswith("<<")
+            while j < n and text[j] in " \t":
+                j += 1
+            target_start = j
+            j = _word_end(text, j)
+            if here:
+                delim = _unquote(text[target_start:j], keep_expansions=True) or ""
+                heredocs.append((delim, op.group(0) == "<<-"))
+            i = j
+        else:
+            i = _word_end(text, i)
+        if i == start:  # a lone character we do not model
+            i += 1
+            continue
+        current.words.append(Word(text[start:i], start, i, _line_of(text, start), redirect))
+    finish()
+    return commands
+
+
+def _word_end(text: str, i: int) -> int:
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\n;&|()<>":
+            return i
+        if c == "\\":
+            if text.startswith("\\\n", i):
+                return i
+            i += 2
+            continue
+        if c in "'\"`" or text.startswith("$(", i) or text.startswith("${", i):
+            i = _skip_quoted(text, i)
+            continue
+        i += 1
+    return i
+
+
+def _unquote(text: str, keep_expansions: bool = False) -> str | None:
+    """Quote removal; None when the word holds an expansion ($, `)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "'":
+            j = text.index("'", i + 1)
+            out.append(text[i + 1:j])
+            i = j + 1
+        elif c == '"':
+            j = i + 1
+            while text[j] != '"':
+                if text[j] == "\\" and text[j + 1] in '$`"\\\n':
+                    out.append(text[j + 1])
+                    j += 2
+                    continue
+                if text[j] in "$`" and not keep_expansions:
+                    return None
+                out.append(text[j])
+                j += 1
+            i = j + 1
+        elif c == "\\":
+            out.append(text[i + 1:i + 2])
+            i += 2
+        elif c in "$`" and not keep_expansions:
+            return None
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
+# Resolution of $VARs and program names (static: never runs anything).
+
+def assignments(commands: list[Command]) -> dict[str, str]:
+    """Literal ``NAME=value`` assignments made by the script (a name assigned
+    two different values, or a non-literal value, is left out)."""
+    seen: dict[str, str | None] = {}
+    for cmd in commands:
+        words = cmd.args
+        if words and words[0].text in ("export", "readonly"):
+            words = words[1:]
+        elif not all(_ASSIGN.match(w.text) for w in words):
+            continue  # NAME=value prefixing a command: not a shell variable
+        for w in words:
+            m = _ASSIGN.match(w.text)
+            if not m:
+                continue
+            value = _unquote(m.group(2))
+            name = m.group(1)
+            if name in seen and seen[name] != value:
+                seen[name] = None
+            else:
+                seen[name] = value
+    return {k: v for k, v in seen.items() if v is not None}
+
+
+def resolve(word: Word, env: dict[str, str]) -> str | None:
+    """The word's value if it is a literal or a single $VAR we know."""
+    lit = word.literal
+    if lit is not None:
+        return lit
+    m = _VAR_WORD.match(word.text)
+    if m:
+        name = m.group(1) or m.group(3)
+        if name in env:
+            return env[name]
+        if m.group(2) is not None:
+            return _unquote(m.group(2))
+    return None
+
+
+def _var_name(word: Word) -> str | None:
+    m = _VAR_WORD.match(word.text)
+    return (m.group(1) or m.group(3)) if m else None
+
+
+def program_name(word: Word, env: dict[str, str]) -> str:
+    """Basename of the program a word names ('' when unknown)."""
+    value = resolve(word, env)
+    if value is not None:
+        return os.path.basename(value)
+    name = _var_name(word)
+    return _VAR_PROGRAMS.get(name or "", "")
+
+
+def _getopt(values: list[str | None], start: int, optstring: str) -> tuple[int, list[str]]:
+    """djb sgetopt over ``values[start:]``: (index of the first operand, letters)."""
+    takes = {c for i, c in enumerate(optstring) if i + 1 < len(optstring)
+             and optstring[i + 1] == ":"}
+    letters: list[str] = []
+    i = start
+    while i < len(values):
+        v = values[i]
+        if v is None or not v.startswith("-") or v == "-":
+            break
+        if v == "--":
+            return i + 1, letters
+        k = 1
+        while k < len(v):
+            letter = v[k]
+            letters.append(letter)
+            if letter in takes:
+                if k + 1 == len(v):
+                    i += 1  # the argument is the next word
+                break
+            k += 1
+        i += 1
+    return i, letters
+
+
+# --------------------------------------------------------------------------
+# The core.
+
+def locate(text: str) -> Location:
+    """Find the ``tcpserver ... qmail-smtpd`` command; raises WrapRefused."""
+    commands = shell_commands(text)
+    env = assignments(commands)
+    candidates: list[tuple[Command, int]] = []
+    smtpd_seen: list[Command] = []
+    for cmd in commands:
+        words = cmd.args
+        names = [program_name(w, env) for w in words]
+        if "qmail-smtpd" not in names:
+            if words and _first_program(words) in ("echo", "printf", ":"):
+                continue
+            for w in words:
+                if "qmail-smtpd" in w.text and re.search(r"\s", _unquote(w.text, True) or ""):
+                    raise WrapRefused(
+                        f"line {w.line}: qmail-smtpd is inside a quoted string "
+                        "(sh -c or eval): too complex to edit safely, wrap it by hand")
+            continue
+        smtpd_seen.append(cmd)
+        if words and words[0].text == "eval":
+            raise WrapRefused(f"line {cmd.line}: qmail-smtpd is run through eval: "
+                              "too complex to edit safely, wrap it by hand")
+        if "tcpserver" in names:
+            candidates.append((cmd, names.index("tcpserver")))
+    if not smtpd_seen:
+        raise WrapRefused("no qmail-smtpd command found")
+    if not candidates:
+        cmd = smtpd_seen[0]
+        other = [n for n in _UNSUPPORTED_SERVERS
+                 if n in (program_name(w, env) for w in cmd.args)]
+        how = f" ({other[0]} is not supported yet)" if other else ""
+        raise WrapRefused(f"line {cmd.line}: qmail-smtpd is not run by tcpserver{how}; "
+                          "wrap it by hand")
+    if len(candidates) > 1:
+        lines = ", ".join(str(c.line) for c, _ in candidates)
+        raise WrapRefused(f"several tcpserver ... qmail-smtpd commands (lines {lines}): "
+                          "wrap the one you mean by hand")
+    cmd, t = candidates[0]
+    words = cmd.args
+    names = [program_name(w, env) for w in words]
+    if names.count("tcpserver") > 1:
+        raise WrapRefused(f"line {cmd.line}: tcpserver appears twice in one command")
+    # tcpserver's options, then host and port.  An unquoted $VAR we know is
+    # split like the shell would; one we do not know counts as one word.
+    values: list[str | None] = []
+    owner: list[int] = []
+    for k in range(t + 1, len(words)):
+        w = words[k]
+        v = resolve(w, env)
+        if v is not None and w.literal is None and not w.text.startswith('"') and \
+                len(v.split()) != 1:
+            for part in v.split():
+                values.append(part)
+                owner.append(k)
+            continue
+        if v is None and re.match(r"-[A-Za-z0-9]", w.text):
+            v = w.text  # -x$CDB: an option with its argument attached
+        values.append(v)
+        owner.append(k)
+    first, _ = _getopt(values, 0, TCPSERVER_OPTSTRING)
+    if first + 2 >= len(values):
+        raise WrapRefused(f"line {cmd.line}: cannot find tcpserver's host, port and program")
+    host, prog_v = first, first + 2
+    if owner[host] == owner[prog_v - 1] or len(set(owner[first:prog_v + 1])) != 3:
+        raise WrapRefused(f"line {cmd.line}: tcpserver's host, port or program comes from "
+                          "a variable holding several words: wrap it by hand")
+    prog = owner[prog_v]
+    host_word = words[owner[host]]
+    if values[host] is None and _var_name(host_word) and \
+            _PORTISH.match(values[host + 1] or "") and \
+            (values[prog_v] or "") and _PORTISH.match(values[prog_v] or ""):
+        raise WrapRefused(f"line {cmd.line}: cannot tell whether {host_word.text} holds "
+                          "tcpserver options or the host: wrap it by hand")
+    smtpd = names.index("qmail-smtpd")
+    if smtpd < prog:
+        raise WrapRefused(f"line {cmd.line}: qmail-smtpd is not in tcpserver's program")
+    p = names[prog]
+    if p in _SHELLS or p == "eval":
+        raise WrapRefused(f"line {cmd.line}: tcpserver runs a shell ({p}): "
+                          "too complex to edit safely, wrap it by hand")
+    wrapped = any(n == "supervise-smtp" or words[k].text == "supervise_smtp"
+                  for k, n in enumerate(names) if k >= prog)
+    return Location(cmd, t, prog, smtpd, wrapped, env)
+
+
+def _first_program(words: list[Word]) -> str:
+    """The command's program word, after exec and NAME=value prefixes."""
+    for w in words:
+        if w.text == "exec" or _ASSIGN.match(w.text):
+            continue
+        return w.text
+    return ""
+
+
+def _softlimit_before(loc: Location) -> tuple[int, int, list[str]] | None:
+    """(first, end) word indexes and letters of a softlimit before tcpserver."""
+    words = loc.command.args
+    for k in range(loc.tcpserver):
+        if loc.name(k) in SOFTLIMITS:
+            values = [resolve(w, loc.env) for w in words]
+            end, letters = _getopt(values, k + 1, SOFTLIMIT_OPTSTRING)
+            if end == loc.tcpserver:
+                return k, end, letters
+            return None
+    return None
+
+
+def wrap(text: str, wrapper: str = "supervise-smtp", options: tuple[str, ...] = ()) -> Result:
+    """Insert ``wrapper [options] --`` before tcpserver's program; pure."""
+    loc = locate(text)
+    words = loc.command.args
+    warnings: list[str] = []
+    line = words[loc.prog].line
+    chain = [loc.name(k) for k in range(loc.prog, loc.smtpd)]
+    if "recordio" in chain:
+        warnings.append(
+            f"line {line}: recordio is still in the chain (left in place): it logs every "
+            "byte, message bodies and AUTH secrets included, and breaks TLS; remove it "
+            "once supervise-smtp's events are enough (a redacted --capture is planned)")
+    if "fixcrio" in chain:
+        warnings.append(
+            f"line {line}: fixcrio is still in the chain (left in place): it rewrites bare "
+            "LF silently, so supervise-smtp never sees a bare-LF session; remove it to "
+            "let the events name the broken mailers (a logged --bare-lf fix is planned)")
+    if loc.wrapped:
+        return Result(text, False, True, warnings, line)
+
+    if not (words[0].text == "exec"):
+        warnings.append(f"line {loc.command.line}: the tcpserver command is not run with "
+                        "exec: svc/sv/s6-svc signals will reach sh, not tcpserver")
+    for k in range(loc.tcpserver):
+        if loc.name(k) == "chpst":
+            values = [resolve(w, loc.env) for w in words]
+            _, letters = _getopt(values, k + 1, CHPST_OPTSTRING)
+            if "m" in letters:
+                warnings.append(
+                    f"line {words[k].line}: chpst -m before tcpserver also limits "
+                    "supervise-smtp (Python needs ~20 MB more); move the memory limit to a "
+                    "softlimit after supervise-smtp --")
+
+    insert = " ".join([shlex.quote(wrapper), *map(shlex.quote, options), "--"]) + " "
+    edits: list[tuple[int, int, str]] = []
+    moved = _softlimit_before(loc)
+    if moved is not None:
+        first, end, letters = moved
+        if set(letters) <= _MEMORY_LIMITS:
+            span = text[words[first].start:words[end - 1].end]
+            edits.append((words[first].start, words[end].start, ""))
+            insert += _single_line(span) + " "
+            warnings.append(
+                f"line {words[first].line}: moved `{_single_line(span)}` from before "
+                "tcpserver to after supervise-smtp, so that the limit binds qmail-smtpd "
+                "and not the Python interpreter (tcpserver itself is no longer limited)")
+        else:
+            warnings.append(
+                f"line {words[first].line}: softlimit before tcpserver also limits "
+                "supervise-smtp (left in place because it sets more than memory limits); "
+                "make sure -m leaves Python ~20 MB, or move it after supervise-smtp --")
+    edits.append((words[loc.prog].start, words[loc.prog].start, insert))
+    out = text
+    for start, end, new in sorted(edits, reverse=True):
+        out = out[:start] + new + out[end:]
+    return Result(out, True, False, warnings, line)
+
+
+def _single_line(span: str) -> str:
+    return re.sub(r"\s*\\\n\s*", " ", span)
+
+
+# --------------------------------------------------------------------------
+# The I/O shell.
+
+USAGE = ("usage: supervise-smtp wrap-run PATH [--dry-run] [--yes] [--wrapper PROG] "
+         "[-- OPTIONS]")
+HELP = f"""{USAGE}
+
+Insert supervise-smtp into the qmail-smtpd command of a run script, right
+after tcpserver's host and port (before softlimit, rblsmtpd, fixcrio,
+recordio and qmail-smtpd).  Shows a unified diff first.  The script is read,
+never run.
+
+  --dry-run       show the diff and the notes, write nothing (exit 0)
+  -y, --yes       write without asking
+  --wrapper PROG  the command to insert (default: supervise-smtp's absolute
+                  path on PATH, else "supervise-smtp")
+  -- OPTIONS      supervise-smtp options to insert before its "--"
+
+Without --yes, asks on a terminal; with no terminal, prints the diff, writes
+nothing and exits 1.  Writing keeps a backup, PATH{BACKUP_SUFFIX} (then .1,
+.2, ...), and keeps the script's mode and owner.
+
+exit: 0 written, already wrapped, or --dry-run; 1 not written (declined, or
+no terminal and no --yes); 100 usage or no safe place to insert (nothing
+written); 111 cannot read or write the files.
+"""
+
+
+def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str]]:
+    path: str | None = None
+    dry = yes = False
+    wrapper: str | None = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            opts = args[i + 1:]
+            break
+        if a in ("-h", "--help"):
+            raise _Help
+        if a == "--dry-run":
+            dry = True
+        elif a in ("-y", "--yes"):
+            yes = True
+        elif a == "--wrapper" or a.startswith("--wrapper="):
+            if "=" in a:
+                wrapper = a.split("=", 1)[1]
+            else:
+                i += 1
+                if i == len(args):
+                    raise UsageError(f"option --wrapper needs a value ({USAGE})")
+                wrapper = args[i]
+        elif a.startswith("-") and a != "-":
+            raise UsageError(f"unknown option {a} ({USAGE})")
+        elif path is None:
+            path = a
+        else:
+            raise UsageError(f"one PATH only ({USAGE})")
+        i += 1
+    else:
+        opts = []
+    if path is None:
+        raise UsageError(f"missing PATH ({USAGE})")
+    if opts:
+        from supervise_smtp.cli import parse
+
+        parse([*opts, "qmail-smtpd"])  # the options must be valid for the wrapper
+    return path, dry, yes, wrapper, opts
+
+
+class _Help(Exception):
+    pass
+
+
+def _default_wrapper() -> str:
+    import shutil
+
+    return shutil.which("supervise-smtp") or "supervise-smtp"
+
+
+def _backup_path(path: str) -> str:
+    candidate = path + BACKUP_SUFFIX
+    n = 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}{BACKUP_SUFFIX}.{n}"
+    return candidate
+
+
+def _write(path: str, old: str, new: str) -> str:
+    """Backup, then atomic replace keeping mode and owner; returns the backup path."""
+    st = os.stat(path)
+    backup = _backup_path(path)
+    tmp = os.path.join(os.path.dirname(path) or ".",
+                       f".{os.path.basename(path)}.supervise-smtp.tmp")
+    try:
+        _write_file(backup, old, st)
+        _write_file(tmp, new, st)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise TempError(f"unable to write {path}: {err.strerror}", err.errno) from err
+    return backup
+
+
+def _write_file(path: str, text: str, st: os.stat_result) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
+                       newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(path, st.st_mode & 0o7777)
+        try:
+            os.chown(path, st.st_uid, st.st_gid)
+        except PermissionError:
+            pass
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def main(args: list[str]) -> int:
+    """``supervise-smtp wrap-run``: returns the exit code (see HELP)."""
+    try:
+        path, dry, yes, wrapper, opts = _parse(args)
+    except _Help:
+        sys.stdout.write(HELP)
+        return 0
+    real = os.path.realpath(path)
+    try:
+        with open(real, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            old = fh.read()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory (give the run script: {path}/run)") from None
+    except OSError as err:
+        raise TempError(f"unable to read {path}: {err.strerror}", err.errno) from err
+    try:
+        result = wrap(old, wrapper or _default_wrapper(), tuple(opts))
+    except WrapRefused as err:
+        raise UsageError(f"{path}: {err}; nothing changed") from None
+    for note in result.warnings:
+        sys.stderr.write(f"supervise-smtp wrap-run: warning: {path}: {note}\n")
+    if result.already:
+        sys.stdout.write(f"{path}: already wrapped (line {result.line}); nothing changed\n")
+        return 0
+    import difflib
+
+    diff = difflib.unified_diff(old.splitlines(keepends=True),
+                                result.text.splitlines(keepends=True),
+                                fromfile=path, tofile=f"{path} (wrapped)")
+    sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
+    sys.stdout.flush()
+    if dry:
+        return 0
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            sys.stderr.write(f"supervise-smtp wrap-run: {path} not written: no terminal to "
+                             "confirm on; re-run with --yes to write it\n")
+            return 1
+        sys.stdout.write(f"Write {path}? [y/N] ")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            sys.stdout.write(f"{path} not written\n")
+            return 1
+    backup = _write(real, old, result.text)
+    sys.stdout.write(f"wrote {path} (backup: {backup}); restart the service to use it "
+                     "(svc -t DIR, sv restart DIR or s6-svc -r DIR)\n")
+    return 0

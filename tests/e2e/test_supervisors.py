@@ -1,0 +1,402 @@
+"""The shipped service dirs under the real daemontools, runit and s6.
+
+Each test copies ``daemontools/qmail-smtpd``, ``runit/qmail-smtpd`` or
+``s6/qmail-smtpd`` into its own temporary directory, rewrites the settings
+(env files or conf) to point at the test double ``fake-qmail-smtpd``, the
+wrapper under test, a free port on 127.0.0.1 and uid/gid 0, and starts the
+supervisor as an ordinary process in a new session: ``supervise`` twice (the
+service and its log, joined by a pipe as svscan does), ``runsv`` (which
+starts ``log/`` itself) or ``s6-svscan`` on a one-service scan dir.  Every
+process started carries a marker in its environment, so teardown finds and
+kills all of them (tcpserver and its children included, reparented or not)
+and the restart tests can prove that nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import need
+from helpers import free_port, recv_until_eof
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES = REPO / "tests" / "fakes"
+CORPUS = REPO / "tests" / "fixtures" / "runscripts"
+MARK = "SUPERVISE_SMTP_TEST_MARK"
+
+# The supervisor's own timestamp at the start of each log line, as each tool
+# writes it here: multilog t and s6-log t write TAI64N labels; svlogd -tt a
+# UTC "YYYY-MM-DD_HH:MM:SS.xxxxx"; s6-log T "YYYY-MM-DD HH:MM:SS.nnnnnnnnn"
+# followed by two spaces.
+STAMPS = {
+    "daemontools": r"@4000[0-9a-f]{20} ",
+    "runit": r"\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5} ",
+    "s6": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}  ",
+}
+RESTART = {
+    "daemontools": ["svc", "-t"],
+    "runit": ["sv", "term"],
+    "s6": ["s6-svc", "-t"],
+}
+BINARIES = {
+    "daemontools": ["supervise", "svc", "multilog", "envdir", "setuidgid", "softlimit"],
+    "runit": ["runsv", "sv", "svlogd", "chpst", "softlimit"],
+    "s6": ["s6-svscan", "s6-supervise", "s6-svc", "s6-log", "s6-envdir", "s6-setuidgid",
+           "s6-softlimit"],
+}
+
+
+def _poll(what: str, fn: Callable[[], object], timeout: float = 20.0) -> object:
+    """fn()'s first true value, polling; fails with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def marked_processes(mark: str) -> dict[int, str]:
+    """``{pid: comm}`` of the live processes whose environment holds ``mark``."""
+    needle = f"{MARK}={mark}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/comm", "rb") as fh:
+                comm = fh.read().decode("ascii", "replace").strip()
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != b"Z":
+            found[int(entry)] = comm
+    return found
+
+
+@dataclass
+class Service:
+    """One service dir copied to a temp dir, and the supervisor running it."""
+
+    suite: str
+    root: Path
+    svc: Path
+    port: int
+    mark: str = field(default_factory=lambda: uuid.uuid4().hex)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", MARK: self.mark}
+
+    def start(self) -> Service:
+        """Start the supervisor(s) in a new session, as an init would."""
+        common = dict(stdin=subprocess.DEVNULL, env=self.env, cwd=self.root,
+                      start_new_session=True)
+        if self.suite == "daemontools":
+            r, w = os.pipe()
+            try:
+                self.procs.append(subprocess.Popen(["supervise", str(self.svc / "log")],
+                                                   **{**common, "stdin": r}))
+                self.procs.append(subprocess.Popen(["supervise", str(self.svc)],
+                                                   **{**common, "stdout": w}))
+            finally:
+                os.close(r)
+                os.close(w)
+        elif self.suite == "runit":
+            self.procs.append(subprocess.Popen(["runsv", str(self.svc)], **common))
+        else:
+            self.procs.append(subprocess.Popen(["s6-svscan", str(self.svc.parent)], **common))
+        return self
+
+    def stop(self) -> None:
+        """Kill the supervisors, then every marked process; reap them all.
+
+        The test process is a child subreaper meanwhile (see ``_subreaper``),
+        so the orphans (tcpserver, the loggers, connections) become its
+        children and are reaped here instead of lingering as zombies.
+        """
+        seen = set(marked_processes(self.mark))
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while (left := marked_processes(self.mark)) and time.monotonic() < deadline:
+            seen |= set(left)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        for proc in self.procs:
+            proc.wait(timeout=10)
+        for pid in seen - {proc.pid for proc in self.procs}:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # reaped by its own parent, or not ours
+
+    def tcpservers(self) -> list[int]:
+        return [p for p, c in marked_processes(self.mark).items() if c == "tcpserver"]
+
+    def log(self) -> str:
+        try:
+            return (self.svc / "log" / "main" / "current").read_text("ascii", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        rx = re.compile(pattern, re.M)
+        try:
+            return _poll(f"{pattern!r} in the log", lambda: rx.search(self.log()), timeout)  # type: ignore[return-value]
+        except AssertionError:
+            raise AssertionError(f"no {pattern!r} in {self.log()!r}") from None
+
+    def banner(self, timeout: float = 20.0) -> None:
+        """Wait until a connection gets qmail-smtpd's banner (then QUIT)."""
+        def try_once() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    if not s.recv(512).startswith(b"220 "):
+                        return False
+                    s.sendall(b"QUIT\r\n")
+                    return recv_until_eof(s, 5).startswith(b"221 ")
+            except OSError:
+                return False
+        _poll(f"a banner on port {self.port}", try_once, timeout)
+
+
+def _wrapper_program(wrapper: list[str], tmp: Path) -> str:
+    """An absolute path that runs the wrapper (a shim when it is ``python -m``)."""
+    if len(wrapper) == 1:
+        return wrapper[0]
+    shim = tmp / "supervise-smtp"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.join(wrapper)} \"$@\"\n")
+    shim.chmod(0o755)
+    return str(shim)
+
+
+def _settings(tmp: Path, port: int, wrapper: str) -> dict[str, str]:
+    """Service settings pointing at the fakes, the wrapper and the temp dir."""
+    control = tmp / "control"
+    control.mkdir()
+    (control / "me").write_text("mx.test\n")
+    queue = tmp / "queue"
+    queue.mkdir()
+    cdb = tmp / "tcp.cdb"
+    subprocess.run(["tcprules", str(cdb), str(tmp / "tcp.tmp")], input=b":allow\n",
+                   check=True, capture_output=True)
+    return {
+        "SUPERVISE_SMTP": wrapper,
+        "SMTPD": str(FAKES / "fake-qmail-smtpd"),
+        # the test double is Python too: qmail-smtpd's 24 MB would not start it
+        "SOFTLIMIT": "500000000",
+        "MAXSMTPD": "10",
+        "QMAILDUID": "0",
+        "NOFILESGID": "0",
+        "IP": "127.0.0.1",
+        "PORT": str(port),
+        "LOCALNAME": "0",
+        "TCPRULES": str(cdb),
+        "QMAILQUEUE": str(FAKES / "fake-qmail-queue"),
+        "FAKE_QUEUE_DIR": str(queue),
+        "FAKE_QMAIL_CONTROL": str(control),
+    }
+
+
+def _write_envdir(directory: Path, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        (directory / name).write_text(value + "\n")
+
+
+def _write_conf(path: Path, values: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    """Make this process adopt its orphaned descendants (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This process is a child subreaper for the duration of the test."""
+    _subreaper(True)
+    try:
+        yield
+    finally:
+        _subreaper(False)
+
+
+@pytest.fixture
+def service(tmp_path: Path, wrapper: list[str],
+            subreaper: None) -> Iterator[Callable[[str], Service]]:
+    """Factory: the shipped service dir of a suite, configured and started."""
+    started: list[Service] = []
+
+    def make(suite: str) -> Service:
+        for binary in ["tcpserver", "tcprules", *BINARIES[suite]]:
+            need(binary)
+        port = free_port()
+        scan = tmp_path / "scan"
+        scan.mkdir()
+        svc = scan / "qmail-smtpd"
+        shutil.copytree(REPO / suite / "qmail-smtpd", svc, symlinks=True)
+        values = _settings(tmp_path, port, _wrapper_program(wrapper, tmp_path))
+        log_values = {"LOGUSER": "root", "LOGDIR": "./main"}
+        if suite == "runit":
+            _write_conf(svc / "conf", values)
+            _write_conf(svc / "log" / "conf", log_values)
+        else:
+            _write_envdir(svc / "env", values)
+            _write_envdir(svc / "log" / "env", log_values)
+        srv = Service(suite, tmp_path, svc, port)
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.stop()
+        assert marked_processes(srv.mark) == {}, "processes left behind"
+
+
+def _swaks(port: int) -> str:
+    run = subprocess.run(
+        [need("swaks"), "--server", f"127.0.0.1:{port}", "--to", "rcpt@example.org",
+         "--from", "e2e@example.com", "--helo", "client.test", "--timeout", "20",
+         "--header", "Subject: supervisors e2e", "--body", "hello"],
+        capture_output=True, timeout=60,
+    )
+    out = run.stdout.decode("utf-8", "replace")
+    assert run.returncode == 0, out + run.stderr.decode("utf-8", "replace")
+    return out
+
+
+def _bare_lf(port: int) -> bytes:
+    """An SMTP session whose DATA holds a bare LF; returns the server's last reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        for line, code in ((b"HELO client.test", b"250"), (b"MAIL FROM:<a@example.com>", b"250"),
+                           (b"RCPT TO:<b@example.org>", b"250"), (b"DATA", b"354")):
+            s.sendall(line + b"\r\n")
+            reply = f.readline()
+            assert reply.startswith(code), reply
+        s.sendall(b"Subject: bare\r\n\r\nline one\nline two\r\n.\r\n")
+        reply = f.readline()
+        assert f.read() == b""  # qmail-smtpd exits after the 451
+        return reply
+
+
+def _serves(srv: Service) -> None:
+    """A message is accepted and a bare-LF one rejected, and the log says so."""
+    srv.banner()
+    out = _swaks(srv.port)
+    assert re.search(r"^<-  250 ok \d+ qp \d+", out, re.M), out
+    assert _bare_lf(srv.port) == b"451 See http://pobox.com/~djb/docs/smtplf.html.\r\n"
+    stamp = STAMPS[srv.suite]
+    exit1 = srv.wait_log(rf"^{stamp}event=child_exit remote=127\.0\.0\.1 pid=(\d+) .*\bexit=1\b")
+    pid = exit1.group(1)
+    srv.wait_log(rf"^{stamp}event=connect remote=127\.0\.0\.1 pid={pid} ")
+    srv.wait_log(rf"^{stamp}event=disconnect remote=127\.0\.0\.1 pid={pid} .*\bexit=1\b")
+    srv.wait_log(rf"^{stamp}event=child_exit remote=127\.0\.0\.1 pid=\d+ .*\bexit=0\b")
+    srv.wait_log(rf"^{stamp}tcpserver: end {pid} status 256$")
+
+
+def _restarts(srv: Service) -> None:
+    """The suite's restart command gives a new tcpserver that still serves."""
+    (old,) = _poll("one tcpserver", srv.tcpservers)  # type: ignore[misc]
+    subprocess.run([*RESTART[srv.suite], str(srv.svc)], check=True, env=srv.env,
+                   capture_output=True, timeout=10)
+    new = _poll("a new tcpserver", lambda: [p for p in srv.tcpservers() if p != old])
+    assert old not in marked_processes(srv.mark)
+    srv.banner()
+    assert _swaks(srv.port)
+    left = sorted(marked_processes(srv.mark).values())
+    assert srv.tcpservers() == new, left
+    assert not {c for c in left if "python" in c or "fake" in c or "supervise-smtp" in c}, left
+
+
+@pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
+def test_service_dir_serves_and_logs(service, suite):
+    """The shipped service dir serves mail, rejects bare LF, and logs stamped events."""
+    _serves(service(suite))
+
+
+@pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
+def test_service_dir_restarts_cleanly(service, suite):
+    """svc -t / sv term / s6-svc -t restart tcpserver with no process left behind."""
+    srv = service(suite)
+    srv.banner()
+    _restarts(srv)
+
+
+def test_wraprun_corpus_script_serves_under_runsv(tmp_path, wrapper, subreaper):
+    """A corpus run script wrapped by wrap-run starts under runsv and serves a session."""
+    for binary in ("runsv", "svlogd", "chpst", "softlimit", "tcpserver", "tcprules"):
+        need(binary)
+    port = free_port()
+    svc = tmp_path / "scan" / "qmail-smtpd"
+    (svc / "log").mkdir(parents=True)
+    values = _settings(tmp_path, port, _wrapper_program(wrapper, tmp_path))
+    # wrap-run knows qmail-smtpd by name: the fake goes in under that name
+    (tmp_path / "bin").mkdir()
+    smtpd = tmp_path / "bin" / "qmail-smtpd"
+    smtpd.symlink_to(values["SMTPD"])
+    run = (CORPUS / "runit-conf" / "run").read_text()
+    run = run.replace("/var/qmail/bin/qmail-smtpd", str(smtpd)).replace(
+        "/etc/tcp.smtp.cdb", values["TCPRULES"])
+    (svc / "run").write_text(run)
+    (svc / "run").chmod(0o755)
+    # the corpus script sources ./conf without set -a: export explicitly
+    (svc / "conf").write_text("".join(f"export {k}={shlex.quote(v)}\n"
+                                      for k, v in values.items()))
+    shutil.copy(REPO / "runit" / "qmail-smtpd" / "log" / "run", svc / "log" / "run")
+    (svc / "log" / "conf").write_text("LOGUSER=root\n")
+    wrap = subprocess.run([*wrapper, "wrap-run", str(svc / "run"), "--yes", "--wrapper",
+                           values["SUPERVISE_SMTP"]], capture_output=True, timeout=30)
+    assert wrap.returncode == 0, wrap.stderr
+    assert (svc / "run.bak-supervise-smtp").read_text() == run
+    assert subprocess.run(["sh", "-n", str(svc / "run")]).returncode == 0
+    srv = Service("runit", tmp_path, svc, port)
+    try:
+        srv.start()
+        srv.banner()
+        out = _swaks(port)
+        assert re.search(r"^<-  250 ok \d+ qp \d+", out, re.M), out
+        srv.wait_log(rf"^{STAMPS['runit']}event=disconnect remote=127\.0\.0\.1 .*\bexit=0\b")
+    finally:
+        srv.stop()
+    assert marked_processes(srv.mark) == {}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,273 @@
+"""wrap-run: the pure core on a corpus of real-world-shaped run scripts, and the I/O shell.
+
+Each ``tests/fixtures/runscripts/<name>/`` holds ``run`` (the script as found
+in the wild: Life with qmail, notqmail/netqmail docs, runit, qmailtoaster...),
+and either ``expected`` (the script after wrap-run with the wrapper
+``/usr/local/bin/supervise-smtp``) plus ``warnings`` (one note per line), or
+``refusal`` (a part of the message that must explain why it refused).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from supervise_smtp import wraprun
+from supervise_smtp.errors import UsageError
+from supervise_smtp.wraprun import WrapRefused, shell_commands, wrap
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "tests" / "fixtures" / "runscripts"
+WRAPPER = "/usr/local/bin/supervise-smtp"
+GOOD = sorted(p.name for p in CORPUS.iterdir() if (p / "expected").exists())
+REFUSED = sorted(p.name for p in CORPUS.iterdir() if (p / "refusal").exists())
+
+
+def test_wraprun_corpus_is_big_enough():
+    """The corpus has at least 8 scripts to wrap and some to refuse."""
+    assert len(GOOD) >= 8 and len(REFUSED) >= 5
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_wraprun_corpus_expected_output(name):
+    """Each corpus script is wrapped exactly as in its ``expected`` file, with its notes."""
+    result = wrap((CORPUS / name / "run").read_text(), WRAPPER)
+    assert result.changed and not result.already
+    assert result.text == (CORPUS / name / "expected").read_text()
+    assert result.warnings == (CORPUS / name / "warnings").read_text().splitlines()
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_wraprun_corpus_idempotent(name):
+    """Wrapping a wrapped script changes nothing and says it is already wrapped."""
+    wrapped = (CORPUS / name / "expected").read_text()
+    result = wrap(wrapped, WRAPPER)
+    assert result.already and not result.changed and result.text == wrapped
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_wraprun_corpus_result_passes_sh_n(name):
+    """The wrapped script still parses with ``sh -n``."""
+    run = subprocess.run(["sh", "-n", str(CORPUS / name / "expected")], capture_output=True)
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_wraprun_corpus_refusals(name):
+    """Scripts with no single safe insertion point are refused with a reason."""
+    with pytest.raises(WrapRefused) as err:
+        wrap((CORPUS / name / "run").read_text(), WRAPPER)
+    assert (CORPUS / name / "refusal").read_text().strip() in str(err.value)
+
+
+@pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
+def test_wraprun_shipped_service_dirs_already_wrapped(suite):
+    """The shipped run scripts are recognised as wrapped ($SUPERVISE_SMTP, $SMTPD)."""
+    result = wrap((REPO / suite / "qmail-smtpd" / "run").read_text(), WRAPPER)
+    assert result.already and result.warnings == []
+
+
+def test_wraprun_inserts_quoted_options():
+    """Options after ``--`` are inserted shell-quoted, before the wrapper's own ``--``."""
+    text = "#!/bin/sh\nexec tcpserver -v 0 smtp /var/qmail/bin/qmail-smtpd 2>&1\n"
+    result = wrap(text, "/opt/x y/supervise-smtp", ("--format", "json", "--linger", "0.5"))
+    assert result.text == ("#!/bin/sh\nexec tcpserver -v 0 smtp '/opt/x y/supervise-smtp' "
+                           "--format json --linger 0.5 -- /var/qmail/bin/qmail-smtpd 2>&1\n")
+
+
+@pytest.mark.parametrize("line, before", [
+    ("tcpserver -B '220 hi' -c 5 0 25 qmail-smtpd", "qmail-smtpd"),
+    ("tcpserver -vRc5 -l0 0 25 fixcrio qmail-smtpd", "fixcrio qmail-smtpd"),
+    ("tcpserver -b 20 -t 5 -- 0 25 qmail-smtpd", "qmail-smtpd"),
+    ("tcpserver -x$CDB -u \"$U\" -g \"$G\" \"$IP\" \"$PORT\" qmail-smtpd", "qmail-smtpd"),
+    ("tcpserver -v 0 smtp argv0 qmail-smtpd qmail-smtpd", "argv0 qmail-smtpd qmail-smtpd"),
+])
+def test_wraprun_tcpserver_options_and_operands(line, before):
+    """tcpserver's options with arguments (c x t u g l b B), clusters and -- are skipped."""
+    result = wrap(f"exec {line}\n", "W")
+    assert result.text == f"exec {line.replace(' ' + before, ' W -- ' + before, 1)}\n"
+
+
+def test_wraprun_resolves_literal_variables():
+    """Options held in a variable the script assigns are split as the shell would."""
+    text = 'OPTS="-v -c 40"\nexec tcpserver $OPTS 0 smtp /var/qmail/bin/qmail-smtpd\n'
+    assert "0 smtp W -- /var/qmail/bin/qmail-smtpd" in wrap(text, "W").text
+
+
+def test_wraprun_warns_without_exec():
+    """A tcpserver line without exec is wrapped, with a note on signals."""
+    result = wrap("tcpserver 0 25 qmail-smtpd 2>&1\n", "W")
+    assert result.text == "tcpserver 0 25 W -- qmail-smtpd 2>&1\n"
+    assert any("not run with exec" in w for w in result.warnings)
+
+
+def test_wraprun_keeps_softlimit_with_other_limits_in_place():
+    """A softlimit that also sets -o/-p before tcpserver is left there, with a warning."""
+    text = "exec softlimit -m 9000000 -o 40 tcpserver 0 25 qmail-smtpd\n"
+    result = wrap(text, "W")
+    assert result.text == "exec softlimit -m 9000000 -o 40 tcpserver 0 25 W -- qmail-smtpd\n"
+    assert any("left in place" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("exec tcpserver 0 25 sh -c 'exec qmail-smtpd'\n", "quoted string"),
+    ("exec tcpserver 0 25 sh /var/qmail/bin/qmail-smtpd\n", "runs a shell"),
+    ("exec tcpserver -v 0 /var/qmail/bin/qmail-smtpd\n", "host, port and program"),
+    ("exec tcpserver -v 0 25 qmail-smtpd tcpserver\n", "twice"),
+    ("exec tcpserver 0 25 'unterminated qmail-smtpd\n", "unterminated"),
+    ("exec tcpserver $OPTS 0 smtp qmail-smtpd\n", "tcpserver options or the host"),
+])
+def test_wraprun_refuses_unsafe_shapes(text, why):
+    """Shapes where an insertion could be wrong are refused with the reason."""
+    with pytest.raises(WrapRefused, match=why):
+        wrap(text, "W")
+
+
+def test_wraprun_lexer_skips_heredocs_comments_and_quotes():
+    """Here-documents, comments and quoted text are not taken for commands."""
+    text = ("cat <<EOF\nexec tcpserver 0 25 qmail-smtpd\nEOF\n"
+            "# exec tcpserver 0 26 qmail-smtpd\n"
+            "echo 'tcpserver 0 27 qmail-smtpd' \\\n  more\n"
+            "exec tcpserver 0 28 qmail-smtpd\n")
+    commands = shell_commands(text)
+    assert [c.args[0].text for c in commands] == ["cat", "echo", "exec"]
+    assert commands[1].args[-1].text == "more"
+    assert "0 28 W -- qmail-smtpd" in wrap(text, "W").text
+
+
+# ---------------------------------------------------------------------------
+# The I/O shell: wraprun.main(args) -> exit code.
+
+LWQ = (CORPUS / "lwq" / "run").read_text()
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    path.write_text(LWQ)
+    path.chmod(0o750)
+    return path
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_wraprun_main_dry_run_writes_nothing(script, capsys):
+    """--dry-run prints the unified diff and the notes and exits 0 without writing."""
+    assert wraprun.main([str(script), "--dry-run", "--wrapper", WRAPPER]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"--- {script}\n+++ {script} (wrapped)\n")
+    assert f"+        -u \"$QMAILDUID\" -g \"$NOFILESGID\" 0 smtp {WRAPPER} -- " in out
+    assert "warning:" in err and "moved" in err
+    assert script.read_text() == LWQ
+    assert not list(script.parent.glob("*.bak*"))
+
+
+def test_wraprun_main_without_tty_or_yes_exits_1(script, capsys, monkeypatch):
+    """With no terminal and no --yes, the diff is shown, nothing is written, exit 1."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert wraprun.main([str(script), "--wrapper", WRAPPER]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("--- ") and "re-run with --yes" in err
+    assert script.read_text() == LWQ
+
+
+def test_wraprun_main_yes_writes_with_backup_and_mode(script, capsys):
+    """--yes writes atomically, keeps the mode and a PATH.bak-supervise-smtp backup."""
+    assert wraprun.main([str(script), "--yes", "--wrapper", WRAPPER]) == 0
+    assert script.read_text() == (CORPUS / "lwq" / "expected").read_text()
+    backup = script.parent / "run.bak-supervise-smtp"
+    assert backup.read_text() == LWQ
+    assert stat.S_IMODE(script.stat().st_mode) == 0o750
+    assert f"backup: {backup}" in capsys.readouterr().out
+    assert sorted(p.name for p in script.parent.iterdir()) == ["run", "run.bak-supervise-smtp"]
+
+
+def test_wraprun_main_second_backup_gets_a_number(script):
+    """An existing backup is never overwritten: the next one is .bak-supervise-smtp.1."""
+    (script.parent / "run.bak-supervise-smtp").write_text("older\n")
+    assert wraprun.main([str(script), "--yes", "--wrapper", WRAPPER]) == 0
+    assert (script.parent / "run.bak-supervise-smtp").read_text() == "older\n"
+    assert (script.parent / "run.bak-supervise-smtp.1").read_text() == LWQ
+
+
+def test_wraprun_main_already_wrapped_exits_0(script, capsys):
+    """A second run reports "already wrapped", writes nothing and makes no backup."""
+    assert wraprun.main([str(script), "--yes", "--wrapper", WRAPPER]) == 0
+    before = script.read_text()
+    capsys.readouterr()
+    assert wraprun.main([str(script), "--yes", "--wrapper", WRAPPER]) == 0
+    assert "already wrapped" in capsys.readouterr().out
+    assert script.read_text() == before
+    assert not (script.parent / "run.bak-supervise-smtp.1").exists()
+
+
+@pytest.mark.parametrize("answer, code", [("y\n", 0), ("n\n", 1), ("", 1)])
+def test_wraprun_main_asks_on_a_terminal(script, monkeypatch, capsys, answer, code):
+    """On a terminal it asks; only y/yes writes."""
+    monkeypatch.setattr("sys.stdin", _Tty(answer))
+    monkeypatch.setattr("sys.stdout", _Tty())
+    assert wraprun.main([str(script), "--wrapper", WRAPPER]) == code
+    assert "Write " in sys_stdout_text()
+    assert (script.read_text() != LWQ) == (code == 0)
+
+
+def sys_stdout_text() -> str:
+    import sys
+
+    assert isinstance(sys.stdout, io.StringIO)
+    return sys.stdout.getvalue()
+
+
+def test_wraprun_main_follows_symlinks(script, tmp_path):
+    """A symlinked run script is edited at its target; the link stays a link."""
+    link = tmp_path / "link-run"
+    link.symlink_to(script)
+    assert wraprun.main([str(link), "--yes", "--wrapper", WRAPPER]) == 0
+    assert link.is_symlink() and WRAPPER in script.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "missing PATH"),
+    (["a", "b"], "one PATH only"),
+    (["--bogus", "x"], "unknown option --bogus"),
+    (["x", "--wrapper"], "needs a value"),
+    (["x", "--", "--format", "xml"], "bad value for --format"),
+])
+def test_wraprun_main_usage_errors(args, message, tmp_path):
+    """Bad command lines raise UsageError (exit 100 in cli)."""
+    with pytest.raises(UsageError, match=message):
+        wraprun.main(args)
+
+
+def test_wraprun_main_refusal_is_usage_error(tmp_path):
+    """A refused script is a UsageError naming the file; the file is untouched."""
+    path = tmp_path / "run"
+    text = (CORPUS / "refuse-eval" / "run").read_text()
+    path.write_text(text)
+    with pytest.raises(UsageError, match=r"run: line 4: .*eval.*nothing changed"):
+        wraprun.main([str(path), "--yes"])
+    assert path.read_text() == text and os.listdir(tmp_path) == ["run"]
+
+
+def test_wraprun_cli_exit_codes(wrapper, tmp_path):
+    """Through the command line: 100 and a fatal line on refusal, 0 on --dry-run."""
+    path = tmp_path / "run"
+    path.write_text((CORPUS / "refuse-tcpsvd" / "run").read_text())
+    run = subprocess.run([*wrapper, "wrap-run", str(path)], capture_output=True, timeout=30)
+    assert run.returncode == 100
+    assert run.stderr.startswith(b"supervise-smtp wrap-run: fatal: ")
+    path.write_text(LWQ)
+    run = subprocess.run([*wrapper, "wrap-run", str(path), "--dry-run"], capture_output=True,
+                         timeout=30)
+    assert run.returncode == 0 and run.stdout.startswith(b"--- ")
+    missing = subprocess.run([*wrapper, "wrap-run", str(tmp_path / "nope")],
+                             capture_output=True, timeout=30)
+    assert missing.returncode == 100 and b"no such file" in missing.stderr
