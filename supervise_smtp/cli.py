@@ -25,6 +25,11 @@ options:
   --stderr tag|pass      child's stderr lines as tagged events (default), or
                          passed through byte for byte as whole lines
   --format logfmt|json   event line format (default logfmt)
+  --events anomalies|all|none
+                         SMTP events logged as they happen (default
+                         anomalies: bare LF, smuggling, mid-DATA replies,
+                         pipelining violations, TLS alerts...; all adds every
+                         command and reply, never a body or a credential)
   --linger SECONDS       after the child exits, wait this long for descendants
                          that still hold its stderr (default 1)
   -h, --help             this help
@@ -37,8 +42,9 @@ subcommands (each with --help):
 exit: 100 usage, 111 cannot start prog, else prog's own status.
 """
 
-_CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json")}
-_VALUED = ("--stderr", "--format", "--linger")
+_CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
+            "--events": ("anomalies", "all", "none")}
+_VALUED = ("--stderr", "--format", "--linger", "--events")
 
 
 def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         stderr_mode=opts.get("stderr", "tag"),
         format=opts.get("format", "logfmt"),
         linger_s=float(opts.get("linger", "1")),
+        events=opts.get("events", "anomalies"),
     )
     try:
         status = session.run(options, prog)

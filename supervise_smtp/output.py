@@ -71,8 +71,8 @@ def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
     items: list[tuple[str, str | int | bool]] = []
     truncated = False
     for key, value in fields.items():
-        if value is None:
-            continue
+        if value is None or (value is False and key == "truncated"):
+            continue  # truncated= appears only when something was cut
         if isinstance(value, int):  # bool included
             items.append((key, value))
             continue
@@ -85,7 +85,8 @@ def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
             text = cut[:tail] if tail >= 0 else cut
             truncated = True
         items.append((key, text))
-    if truncated and not fields.get("truncated"):
+    if truncated:
+        items = [(k, v) for k, v in items if k != "truncated"]
         items.append(("truncated", True))
     return items
 

@@ -16,7 +16,9 @@ from supervise_smtp.process import Child, ExitStatus, reap, signal_name, spawn
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
 if TYPE_CHECKING:
-    from supervise_smtp.relay import Tap
+    from collections.abc import Callable
+
+    from supervise_smtp.observer import Event, Observer
 
 __all__ = ["Options", "run", "FORWARDED_SIGNALS", "MAX_STDERR_TAG_BYTES", "MAX_STDERR_PASS_BYTES"]
 
@@ -28,13 +30,14 @@ MAX_STDERR_PASS_BYTES = 65536
 class Options:
     """Per-connection settings, parsed by cli."""
 
-    __slots__ = ("stderr_mode", "format", "linger_s")
+    __slots__ = ("stderr_mode", "format", "linger_s", "events")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
-                 linger_s: float = 1.0) -> None:
+                 linger_s: float = 1.0, events: str = "anomalies") -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
+        self.events = events  # anomalies | all | none: observer events logged
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -57,13 +60,63 @@ def _exit_fields(status: ExitStatus) -> dict[str, object]:
     }
 
 
-def _make_tap(opts: Options) -> Tap | None:
-    """The observer's seam: returns the object the relay shows bytes to.
+# What is worth a line of its own while the session runs: anomalies only,
+# so that a clean session stays quiet (its summary says the rest).
+ANOMALY_EVENTS = frozenset({
+    "bare_lf", "smuggling", "data_rejected", "line_too_long", "pipelining_violation",
+    "early_talker", "starttls_injection", "malformed_reply", "tls_alert", "tls_not_tls",
+})
 
-    None until the SMTP observer is plugged in; the relay then only moves
-    bytes.
+
+class ObserverTap:
+    """Shows the relay's bytes to the SMTP observer and logs what it finds.
+
+    An exception here (the observer's or the output's) is caught by the
+    relay, which drops the tap and goes on relaying: fail open.
     """
-    return None
+
+    __slots__ = ("observer", "emit", "wanted")
+
+    def __init__(self, observer: Observer, emit: Callable[..., None],
+                 wanted: frozenset[str] | None) -> None:
+        self.observer = observer
+        self.emit = emit
+        self.wanted = wanted  # None: every event
+
+    def _log(self, events: list[Event]) -> None:
+        wanted = self.wanted
+        for ev in events:
+            if wanted is None or ev.NAME in wanted:
+                self.emit(ev.NAME, ev.fields())
+
+    def client_data(self, data: bytes) -> None:
+        self._log(self.observer.feed_client(data))
+
+    def server_data(self, data: bytes) -> None:
+        self._log(self.observer.feed_server(data))
+
+
+def _error_fields(exc: BaseException) -> dict[str, object]:
+    """What an observer bug looks like in the log: the error and where it was raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    at = None
+    if tb is not None:
+        at = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+    return {"error": repr(exc)[:300], "at": at}
+
+
+def _make_tap(opts: Options, emit: Callable[..., None]) -> ObserverTap:
+    """The observer's seam: the object the relay shows bytes to.
+
+    Always observing (the end of the session is judged on what it saw);
+    ``--events`` only chooses what is logged as it happens.
+    """
+    from supervise_smtp.observer import Observer
+
+    wanted = {"all": None, "none": frozenset()}.get(opts.events, ANOMALY_EVENTS)
+    return ObserverTap(Observer(), emit, wanted)
 
 
 def run(opts: Options, argv: list[str]) -> ExitStatus:
@@ -122,7 +175,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         return bool(reaped)
 
     cin, cout = ClientEnd(0), ClientEnd(1)
-    relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, _make_tap(opts),
+    tap = _make_tap(opts, out.emit)
+    relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
                   on_stderr, child_exited, linger_s=opts.linger_s)
     relay.run()
     if not reaped:
@@ -131,7 +185,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     on_stderr(b"")
     status = reaped[0]
     if relay.tap_error is not None:
-        out.emit("observer_error", error=repr(relay.tap_error))
+        out.emit("observer_error", **_error_fields(relay.tap_error))
     out.emit("child_exit", child_pid=child.pid, **_exit_fields(status),
              user_s=round(status.user_s, 3), sys_s=round(status.sys_s, 3),
              maxrss_kb=status.maxrss_kb)
