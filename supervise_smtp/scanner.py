@@ -8,7 +8,7 @@ qmail-scanner prefixes ``X-Qmail-Scanner-<version>:``, simscan ``simscan:``.
 
 from __future__ import annotations
 
-__all__ = ["classify"]
+__all__ = ["classify", "parent_died_pid"]
 
 
 def classify(line: bytes) -> str:
@@ -23,3 +23,23 @@ def classify(line: bytes) -> str:
     if head.startswith(b"rblsmtpd:"):
         return "rblsmtpd"
     return "child"
+
+
+_DIED = b"parent process died"
+_PROCESS = b"Process "
+
+
+def parent_died_pid(line: bytes) -> int | None:
+    """The pid in qmail-scanner's ``Process 4242 closed, parent process died``.
+
+    qmail-scanner writes this when it finds getppid() == 1: qmail-smtpd died
+    under it (a bare LF, a lost client mid-DATA).  0 when the line says so
+    without a readable pid.
+    """
+    if _DIED not in line:
+        return None
+    at = line.find(_PROCESS)
+    if at < 0:
+        return 0
+    digits = line[at + len(_PROCESS):].split(b" ", 1)[0].rstrip(b",")
+    return int(digits) if digits.isdigit() and len(digits) < 12 else 0

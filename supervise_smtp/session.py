@@ -17,8 +17,12 @@ from supervise_smtp.process import Child, ExitStatus, reap, signal_name, spawn
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
+    from supervise_smtp.diagnose import Facts
     from supervise_smtp.observer import Event, Observer
+    from supervise_smtp.output import Output
+    from supervise_smtp.relay import Relay
 
 __all__ = ["Options", "run", "FORWARDED_SIGNALS", "MAX_STDERR_TAG_BYTES", "MAX_STDERR_PASS_BYTES"]
 
@@ -60,6 +64,9 @@ def _exit_fields(status: ExitStatus) -> dict[str, object]:
     }
 
 
+# Observer events that diagnose needs remembered.
+_NOTED = frozenset({"reply", "peer_closed", "starttls", "tls_server_hello", "tls_alert"})
+
 # What is worth a line of its own while the session runs: anomalies only,
 # so that a clean session stays quiet (its summary says the rest).
 ANOMALY_EVENTS = frozenset({
@@ -75,21 +82,49 @@ class ObserverTap:
     relay, which drops the tap and goes on relaying: fail open.
     """
 
-    __slots__ = ("observer", "emit", "wanted")
+    __slots__ = ("observer", "emit", "wanted", "facts", "client_eof")
 
     def __init__(self, observer: Observer, emit: Callable[..., None],
-                 wanted: frozenset[str] | None) -> None:
+                 wanted: frozenset[str] | None, facts: Facts) -> None:
         self.observer = observer
         self.emit = emit
         self.wanted = wanted  # None: every event
+        self.facts = facts
+        self.client_eof = False
 
     def _log(self, events: list[Event]) -> None:
         wanted = self.wanted
         for ev in events:
+            if ev.NAME in _NOTED:
+                self._note(ev)
             if wanted is None or ev.NAME in wanted:
                 self.emit(ev.NAME, ev.fields())
 
+    def _note(self, ev: Any) -> None:
+        """Keep what diagnose needs beyond the observer's own state."""
+        f = self.facts
+        name = ev.NAME
+        if name == "reply":
+            if ev.command in ("DATA_END", "BDAT_LAST"):
+                f.end_replies.append((ev.code, ev.text or b""))
+                f.reply_after_client_eof = self.client_eof
+            elif ev.code >= 400 and ev.command is not None:
+                f.refusals.append((ev.code, ev.text or b""))
+                del f.refusals[:-5]
+        elif name == "peer_closed":
+            if ev.peer == "client" and f.client_stage is None:
+                f.client_stage = ev.stage
+        elif name == "starttls":
+            f.tls_started = True
+        elif name == "tls_server_hello":
+            f.tls_version, f.tls_cipher, f.tls_hello_done = ev.version, ev.cipher, True
+        elif name == "tls_alert":
+            if f.tls_alert is None and ev.level == "fatal":
+                f.tls_alert = (ev.level, ev.description, ev.direction)
+
     def client_data(self, data: bytes) -> None:
+        if not data:
+            self.client_eof = True
         self._log(self.observer.feed_client(data))
 
     def server_data(self, data: bytes) -> None:
@@ -107,7 +142,7 @@ def _error_fields(exc: BaseException) -> dict[str, object]:
     return {"error": repr(exc)[:300], "at": at}
 
 
-def _make_tap(opts: Options, emit: Callable[..., None]) -> ObserverTap:
+def _make_tap(opts: Options, emit: Callable[..., None], facts: Facts) -> ObserverTap:
     """The observer's seam: the object the relay shows bytes to.
 
     Always observing (the end of the session is judged on what it saw);
@@ -116,7 +151,7 @@ def _make_tap(opts: Options, emit: Callable[..., None]) -> ObserverTap:
     from supervise_smtp.observer import Observer
 
     wanted = {"all": None, "none": frozenset()}.get(opts.events, ANOMALY_EVENTS)
-    return ObserverTap(Observer(), emit, wanted)
+    return ObserverTap(Observer(), emit, wanted, facts)
 
 
 def run(opts: Options, argv: list[str]) -> ExitStatus:
@@ -148,7 +183,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     from supervise_smtp.lines import LineSplitter
     from supervise_smtp.output import Output
     from supervise_smtp.relay import ClientEnd, Relay
-    from supervise_smtp.scanner import classify
+    from supervise_smtp.scanner import classify, parent_died_pid
 
     out = Output(opts.format)
     out.base = base
@@ -158,9 +193,19 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     lines = LineSplitter(MAX_STDERR_PASS_BYTES if passthrough else MAX_STDERR_TAG_BYTES,
                          split=passthrough)
 
+    from supervise_smtp.diagnose import Facts
+
+    facts = Facts()
+
     def on_stderr(data: bytes) -> None:
         for line, total, truncated in lines.feed(data):
             source = classify(line)
+            if source == "qmail-scanner":
+                died = parent_died_pid(line)
+                if died is not None:
+                    facts.scanner_died_pid = died
+            elif source != "child" and source not in facts.queue_notes:
+                facts.queue_notes.append(source)
             if passthrough:
                 out.write_raw(line + b"\n")
             else:
@@ -175,7 +220,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         return bool(reaped)
 
     cin, cout = ClientEnd(0), ClientEnd(1)
-    tap = _make_tap(opts, out.emit)
+    tap = _make_tap(opts, out.emit, facts)
     relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
                   on_stderr, child_exited, linger_s=opts.linger_s)
     relay.run()
@@ -194,4 +239,29 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
              bytes_out=relay.bytes_out, first_close=relay.first_close or "none",
              client_error=relay.client_error,
              duration_ms=int((end - started) * 1000), **_exit_fields(status))
+    _summary(out, facts, relay, tap, status, child, int((end - started) * 1000))
     return status
+
+
+def _summary(out: Output, facts: Facts, relay: Relay, tap: ObserverTap, status: ExitStatus,
+             child: Child, duration_ms: int) -> None:
+    """The one line that says what happened: event=summary verdict=..."""
+    from supervise_smtp.diagnose import diagnose
+
+    facts.state = tap.observer.state if relay.tap is not None else None
+    if relay.tap_error is not None:
+        facts.wrapper_error = f"observer failed: {relay.tap_error!r}"[:200]
+    facts.exit_code = status.code
+    facts.signal = status.signal
+    facts.signal_name = signal_name(status.signal) if status.signal is not None else None
+    facts.core = status.core
+    facts.first_close = relay.first_close
+    facts.client_gone = relay.client_gone
+    facts.bytes_in = relay.bytes_in
+    facts.bytes_out = relay.bytes_out
+    try:
+        verdict, fields = diagnose(facts)
+    except Exception as exc:  # fail open: a diagnose bug never costs the exit status
+        verdict, fields = "wrapper_error", {"reason": f"diagnose failed: {exc!r}"[:200]}
+    out.emit("summary", {"verdict": verdict, "child_pid": child.pid, **fields,
+                         "duration_ms": duration_ms, **_exit_fields(status)})

@@ -94,12 +94,13 @@ def test_cli_non_executable_program_exits_111(tmp_path):
 
 
 def test_cli_child_exit_code_passed_on():
-    """``sh -c 'exit 3'`` makes the wrapper exit 3, with connect, child_exit and disconnect."""
+    """``sh -c 'exit 3'`` exits 3; its lines: connect, child_exit, disconnect, summary."""
     run = _run(["--", "sh", "-c", "exit 3"])
     assert run.returncode == 3
     assert run.stdout == b""
-    assert [e["event"] for e in events(run.stderr)] == ["connect", "child_exit", "disconnect"]
-    assert len(run.stderr.splitlines()) == 3
+    assert [e["event"] for e in events(run.stderr)] == [
+        "connect", "child_exit", "disconnect", "summary"]
+    assert len(run.stderr.splitlines()) == 4
     assert event(run.stderr, "child_exit")["exit"] == "3"
     assert event(run.stderr, "disconnect")["exit"] == "3"
 
@@ -260,7 +261,7 @@ def test_cli_child_stderr_tagged_and_escaped(tmp_path):
                                                         len(b" key=value "), len(b'quote"here'),
                                                         len(b"latin \xe9 byte \xff")]
     assert [e["event"] for e in events(raw)] == [
-        "connect", *["child_stderr"] * len(lines), "child_exit", "disconnect"]
+        "connect", *["child_stderr"] * len(lines), "child_exit", "disconnect", "summary"]
     assert run.stdout == b""
 
 
@@ -285,7 +286,7 @@ def test_cli_child_stderr_pass_is_byte_exact(tmp_path):
     ours = [parse_logfmt(line.decode("ascii")) for line in out[:-1] if line.startswith(b"event=")]
     # A line over 64 KiB is passed on cut into pieces of 65536 bytes: nothing is lost.
     assert theirs == [*lines[:4], b"D" * 65536, b"D" * (100000 - 65536), b"last"]
-    assert [e["event"] for e in ours] == ["connect", "child_exit", "disconnect"]
+    assert [e["event"] for e in ours] == ["connect", "child_exit", "disconnect", "summary"]
     assert out[0].startswith(b"event=connect ")
 
 
@@ -293,7 +294,8 @@ def test_cli_json_format_lines_parse(tmp_path):
     """``--format json`` writes one JSON object per line, escaped text included."""
     run = _child_stderr(tmp_path, [b'x\x00y"z \xff'], "--format", "json")
     objs = [json.loads(line) for line in run.stderr.decode("ascii").splitlines()]
-    assert [o["event"] for o in objs] == ["connect", "child_stderr", "child_exit", "disconnect"]
+    assert [o["event"] for o in objs] == [
+        "connect", "child_stderr", "child_exit", "disconnect", "summary"]
     assert objs[1]["text"] == 'x\\x00y"z \\xff'
     assert objs[2]["exit"] == 0
     assert objs[3]["first_close"] in ("client", "server")

@@ -131,7 +131,7 @@ def test_wrapper_exit_status_parity_under_tcpserver(tcpserver, wrapper, script):
     assert wrapped == direct
     assert not direct & 0x80, "core flag set: RLIMIT_CORE was not 0"
     names = [e["event"] for e in events(log)]
-    assert names == ["connect", "child_exit", "disconnect"]
+    assert names == ["connect", "child_exit", "disconnect", "summary"]
     child_exit = event(log, "child_exit")
     if os.WIFSIGNALED(direct):
         assert child_exit["signal"] == signal.Signals(os.WTERMSIG(direct)).name

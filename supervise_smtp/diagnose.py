@@ -1,0 +1,231 @@
+"""One verdict per connection, and the summary line's fields (pure).
+
+Everything the session saw is gathered in ``Facts``; ``diagnose(facts)``
+decides.  The verdict names are an API (docs/verdicts.md): never rename one.
+Precedence, first that applies (DESIGN.md "Verdicts"):
+
+  wrapper_error, server_crashed, bare_lf, timeout, tls_failed,
+  queue_perm_fail, queue_temp_fail, client_lost_after_<stage>, rejected, ok
+
+and ``unknown`` only where nothing fits.  Whatever else happened stays on the
+summary as fields (queued, reply_delivered, last_reply, notes...).
+"""
+
+from __future__ import annotations
+
+from supervise_smtp.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
+
+TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["VERDICTS", "STAGES", "Facts", "diagnose", "client_lost"]
+
+STAGES = ("connect", "banner", "ehlo", "mail", "rcpt", "data", "data_body", "data_end",
+          "bdat", "starttls", "tls", "auth")
+
+
+def client_lost(stage: str) -> str:
+    """The verdict of a client gone before QUIT in ``stage``."""
+    return "client_lost_after_" + (stage if stage in STAGES else "connect")
+
+
+VERDICTS = ("ok", "bare_lf", "timeout", "queue_temp_fail", "queue_perm_fail", "rejected",
+            "tls_failed", "server_crashed", "wrapper_error", "unknown",
+            *(client_lost(s) for s in STAGES))
+
+# Counted verbs, in summary order; "data" is messages accepted / DATA sent.
+_VERBS = ("ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset",
+          "noop", "vrfy", "quit", "unknown")
+
+
+class Facts:
+    """What the session knows at the end of one connection."""
+
+    __slots__ = (
+        "state", "wrapper_error", "exit_code", "signal", "signal_name", "core", "first_close",
+        "client_gone", "client_stage", "end_replies", "reply_after_client_eof",
+        "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
+        "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
+        "bytes_out", "notes",
+    )
+
+    state: Any  # the observer's SessionState; None when not observed
+    wrapper_error: str | None
+    exit_code: int | None
+    signal: int | None
+    signal_name: str | None
+    core: bool
+    first_close: str | None  # "client" or "server"
+    client_gone: bool  # a write to the client failed
+    client_stage: str | None  # observer stage when the client closed
+    end_replies: list[tuple[int, bytes]]  # replies to end of data / BDAT LAST
+    reply_after_client_eof: bool
+    tls_version: str | None
+    tls_cipher: str | None
+    tls_alert: tuple[str, str, str] | None  # level, description, direction
+    tls_started: bool
+    tls_hello_done: bool
+    refusals: list[tuple[int, bytes]]  # last 4xx/5xx replies to commands
+    scanner_died_pid: int | None
+    queue_notes: list[str]
+    timeout_fired: str | None
+    bytes_in: int
+    bytes_out: int
+    notes: list[str]
+
+    def __init__(self, **fields: Any) -> None:
+        for key in self.__slots__:
+            setattr(self, key, fields.pop(key, None))
+        if fields:
+            raise TypeError(f"unknown facts {sorted(fields)}")
+        for key in ("end_replies", "refusals", "queue_notes", "notes"):
+            if getattr(self, key) is None:
+                setattr(self, key, [])
+        for key in ("core", "client_gone", "reply_after_client_eof", "tls_started",
+                    "tls_hello_done"):
+            if getattr(self, key) is None:
+                setattr(self, key, False)
+        for key in ("bytes_in", "bytes_out"):
+            if getattr(self, key) is None:
+                setattr(self, key, 0)
+
+
+def _reply_text(code: int | None, text: bytes | None) -> bytes | None:
+    if code is None:
+        return None
+    return str(code).encode() + (b" " + text if text else b"")
+
+
+def _decide(f: Facts) -> tuple[str, str]:
+    st = f.state
+    if f.wrapper_error:
+        return "wrapper_error", str(f.wrapper_error)
+    if st is None:
+        return "wrapper_error", "the SMTP conversation was not observed"
+    rej = st.data_rejected
+    last_code, last_text = st.last_reply_code, st.last_reply_text or b""
+    smtplf = rej is not None and is_smtplf(rej.code, rej.text or b"")
+    smtplf = smtplf or (last_code is not None and is_smtplf(last_code, last_text))
+    timed_out = bool(f.timeout_fired) or (
+        last_code is not None and is_timeout(last_code, last_text))
+    client_left = f.first_close == "client" or bool(f.client_gone)
+    if f.signal is not None:
+        return "server_crashed", f"child killed by {f.signal_name}" + (
+            " (core dumped)" if f.core else "")
+    explained = (smtplf or timed_out or last_code == 421 or client_left or st.quit_sent
+                 or bool(f.end_replies))
+    if f.exit_code not in (0, None) and not explained:
+        return "server_crashed", f"exit {f.exit_code} with no reply explaining it"
+    if smtplf:
+        msg = st.message
+        count = rej.bare_lf_count if rej is not None else (msg.bare_lf_count if msg else 0)
+        line = rej.bare_lf_first_line if rej is not None else (
+            msg.bare_lf_first_line if msg else None)
+        where = f", first at body line {line}" if line else ""
+        return "bare_lf", f"451 smtplf after {count} bare LF{where}"
+    if timed_out:
+        if f.timeout_fired:
+            return "timeout", f"wrapper {f.timeout_fired} fired"
+        return "timeout", f"{last_code} timeout from the server in stage {st.stage}"
+    if f.tls_alert is not None and f.tls_alert[0] == "fatal":
+        level, description, direction = f.tls_alert
+        return "tls_failed", f"fatal TLS alert {description} from the {direction}"
+    if f.tls_started and not f.tls_hello_done:
+        return "tls_failed", "TLS handshake cut before the ServerHello"
+    perm = [r for r in f.end_replies if 500 <= r[0] < 600]
+    temp = [r for r in f.end_replies if 400 <= r[0] < 500]
+    if perm:
+        code, text = perm[-1]
+        return "queue_perm_fail", f"{code} {qq_meaning(code, text)[0] or 'rejected'} after DATA"
+    if temp:
+        code, text = temp[-1]
+        meaning = qq_meaning(code, text)[0] or "temporary failure"
+        return "queue_temp_fail", f"{code} {meaning} after DATA"
+    if not st.quit_sent and client_left:
+        stage = f.client_stage or st.stage
+        how = "write to client failed" if f.client_gone and f.first_close != "client" else (
+            "client closed")
+        return client_lost(stage), f"{how} in stage {stage} before QUIT"
+    if f.refusals and not st.messages_queued:
+        code, text = f.refusals[-1]
+        return "rejected", f"session ended after refusal: {_reply_text(code, text)!r}"[:200]
+    if st.quit_sent and (st.quit_answered or f.exit_code == 0):
+        return "ok", "QUIT answered" if st.quit_answered else "QUIT sent"
+    if last_code == 421:
+        return "rejected", "server closed the session with 421"
+    return "unknown", f"server closed first in stage {st.stage}, exit {f.exit_code}"
+
+
+def _counts(st: Any) -> dict[str, object]:
+    sent: dict[str, int] = {k.lower(): v for k, v in st.sent.items()}
+    ok: dict[str, int] = {k.lower(): v for k, v in st.accepted.items()}
+    ok["data"] = ok.get("data_end", 0)
+    ok["bdat"] = ok.get("bdat_last", 0) + ok.get("bdat", 0)
+    fields: dict[str, object] = {}
+    total_sent = total_ok = 0
+    for verb in _VERBS:
+        n = sent.get(verb, 0)
+        if not n:
+            continue
+        a = min(ok.get(verb, 0), n)
+        total_sent += n
+        total_ok += a
+        fields[verb] = str(n) if a == n else f"{a}/{n}"
+    fields["commands"] = str(total_sent) if total_ok == total_sent else f"{total_ok}/{total_sent}"
+    return fields
+
+
+def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
+    """The verdict and the summary fields after it, in order."""
+    verdict, reason = _decide(f)
+    st = f.state
+    fields: dict[str, object] = {"stage": st.stage if st is not None else None,
+                                 "reason": reason}
+    if st is not None:
+        fields.update(_counts(st))
+    fields["bytes_in"] = f.bytes_in
+    fields["bytes_out"] = f.bytes_out
+    if st is not None:
+        fields["tls"] = bool(st.tls_active)
+        if st.tls_active:
+            fields["tls_version"] = f.tls_version
+            fields["tls_cipher"] = f.tls_cipher
+        if st.auth_result == "ok":
+            fields["auth"] = st.auth_mechanism
+            fields["auth_user"] = st.auth_user
+        elif st.auth_result is not None:
+            fields["auth_failed"] = st.auth_mechanism
+        msg = st.message
+        if msg is not None:
+            if f.end_replies:
+                fields["queued"] = "yes" if 200 <= f.end_replies[-1][0] < 300 else "no"
+            elif st.stage == "data_end":
+                fields["queued"] = "unknown"  # '.' sent, no reply seen
+            else:
+                fields["queued"] = "no"
+            if f.end_replies:
+                lost = bool(f.client_gone) or bool(f.reply_after_client_eof)
+                fields["reply_delivered"] = "no" if lost else "yes"
+            if msg.bare_lf_count:
+                fields["bare_lf"] = msg.bare_lf_count
+                fields["bare_lf_line"] = msg.bare_lf_first_line
+            if msg.smuggling_count:
+                fields["smuggling"] = msg.smuggling_count
+        if f.end_replies:
+            code, text = f.end_replies[-1]
+            meaning, qq_exit = qq_meaning(code, text)
+            fields["queue_pid"] = queue_pid(text) if code < 300 else None
+            fields["queue_exit"] = qq_exit
+            if meaning and meaning != "accepted":
+                fields["queue"] = meaning
+    if f.scanner_died_pid is not None:
+        fields["queue"] = "parent_died"
+        fields["queue_pid"] = f.scanner_died_pid
+    if f.queue_notes:
+        fields["queue_notes"] = tuple(f.queue_notes)
+    if f.notes:
+        fields["notes"] = tuple(f.notes)
+    if st is not None:
+        fields["last_reply"] = _reply_text(st.last_reply_code, st.last_reply_text)
+    return verdict, fields
