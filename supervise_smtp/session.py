@@ -167,6 +167,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         out = Output(opts.format)
         out.base = base
         out.emit("wrapper_error", where="spawn", error=str(err), errno=err.errno)
+        out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
+                 duration_ms=int((time.monotonic() - started) * 1000), exit=111)
         raise
     reaped: list[ExitStatus] = []
 

@@ -64,12 +64,15 @@ def test_cli_missing_program_exits_111():
     lines = run.stderr.decode().splitlines()
     strerror = os.strerror(2)
     assert lines[-1] == f"supervise-smtp: fatal: unable to spawn {MISSING}: {strerror}"
-    assert len(lines) == 2
+    assert len(lines) == 3
     err = parse_logfmt(lines[0])
     assert err["event"] == "wrapper_error"
     assert err["where"] == "spawn"
     assert err["errno"] == "2"
     assert err["error"] == f"unable to spawn {MISSING}: {strerror}"
+    summary = parse_logfmt(lines[1])
+    assert (summary["event"], summary["verdict"], summary["exit"]) == (
+        "summary", "wrapper_error", "111")
 
 
 def test_cli_program_not_on_path_exits_111():

@@ -28,7 +28,8 @@ def test_spawn_emfile_is_temporary_failure():
     assert proc.returncode == 111, proc.stderr
     lines = proc.stderr.decode().splitlines()
     events = [parse_logfmt(line) for line in lines if line.startswith("event=")]
-    assert [e["event"] for e in events] == ["wrapper_error"]
+    assert [e["event"] for e in events] == ["wrapper_error", "summary"]
+    assert events[1]["verdict"] == "wrapper_error"
     assert events[0]["errno"] == "24"
     fatal = [line for line in lines if line.startswith("supervise-smtp: fatal: ")]
     assert len(fatal) == 1 and "Too many open files" in fatal[0]
