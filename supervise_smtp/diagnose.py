@@ -142,6 +142,9 @@ def _decide(f: Facts) -> tuple[str, str]:
         code, text = temp[-1]
         meaning = qq_meaning(code, text)[0] or "temporary failure"
         return "queue_temp_fail", f"{code} {meaning} after DATA"
+    if st.tls_active and f.exit_code == 0:
+        # QUIT went inside TLS where we cannot read; qmail-smtpd exits 0 only on QUIT
+        return "ok", "exit 0 after an encrypted session"
     if not st.quit_sent and client_left:
         stage = f.client_stage or st.stage
         how = "write to client failed" if f.client_gone and f.first_close != "client" else (

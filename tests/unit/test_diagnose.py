@@ -1,0 +1,200 @@
+"""Verdicts from transcripts: the observer's view, the child's exit, the relay's facts."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervise_smtp.diagnose import VERDICTS, Facts, client_lost, diagnose
+from supervise_smtp.observer import Observer
+from supervise_smtp.qmail import QQ_TEXTS, qq_meaning, queue_pid
+from supervise_smtp.scanner import parent_died_pid
+from supervise_smtp.session import ObserverTap
+
+BANNER = [("S", b"220 mx.example.org ESMTP\r\n")]
+HELO = [("C", b"HELO c.example\r\n"), ("S", b"250 mx.example.org\r\n")]
+ENVELOPE = [("C", b"MAIL FROM:<a@example.com>\r\n"), ("S", b"250 ok\r\n"),
+            ("C", b"RCPT TO:<b@example.org>\r\n"), ("S", b"250 ok\r\n")]
+DATA = [("C", b"DATA\r\n"), ("S", b"354 go ahead\r\n")]
+BODY = [("C", b"Subject: t\r\n\r\nhello\r\n.\r\n")]
+QUIT = [("C", b"QUIT\r\n"), ("S", b"221 mx.example.org\r\n"), ("S", b""), ("C", b"")]
+SMTPLF = b"451 See http://pobox.com/~djb/docs/smtplf.html.\r\n"
+
+
+def judge(steps, exit_code=1, first_close=None, **facts):
+    """Play ``steps`` through the observer tap, then decide."""
+    f = Facts(**facts)
+    tap = ObserverTap(Observer(), lambda *a, **k: None, frozenset(), f)
+    closed = None
+    for side, data in steps:
+        (tap.client_data if side == "C" else tap.server_data)(data)
+        if data == b"" and closed is None:
+            closed = "client" if side == "C" else "server"
+    f.state = tap.observer.state
+    f.exit_code = exit_code
+    f.first_close = first_close or closed
+    return diagnose(f)
+
+
+def test_diagnose_ok_session_with_counts():
+    """QUIT answered and exit 0 is ok, with Postfix-style counts and the queue pid."""
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY
+                            + [("S", b"250 ok 1732537200 qp 4242\r\n")] + QUIT, exit_code=0)
+    assert verdict == "ok"
+    assert (fields["helo"], fields["mail"], fields["rcpt"], fields["data"], fields["quit"],
+            fields["commands"]) == ("1", "1", "1", "1", "1", "5")
+    assert (fields["queued"], fields["reply_delivered"], fields["queue_pid"],
+            fields["queue_exit"]) == ("yes", "yes", 4242, 0)
+    assert fields["last_reply"] == b"221 mx.example.org"
+
+
+def test_diagnose_bare_lf_names_line_and_count():
+    """The 451 smtplf reply mid-body is bare_lf, with the first line and the count."""
+    body = [("C", b"Subject: t\r\n\r\nline\nline two\nx")]
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + body
+                            + [("S", SMTPLF), ("S", b""), ("C", b"")])
+    assert verdict == "bare_lf"
+    assert fields["reason"] == "451 smtplf after 2 bare LF, first at body line 3"
+    assert (fields["bare_lf"], fields["bare_lf_line"], fields["queued"]) == (2, 3, "no")
+    assert fields["data"] == "0/1" and fields["stage"] == "data_body"
+
+
+def test_diagnose_bare_lf_with_scanner_parent_death():
+    """qmail-scanner's parent-died line puts queue=parent_died and its pid on the summary."""
+    line = b"X-Qmail-Scanner-1.25st: Process 4242 closed, parent process died"
+    body = [("C", b"a\nb\n")]
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + body + [("S", SMTPLF)],
+                            scanner_died_pid=parent_died_pid(line))
+    assert verdict == "bare_lf"
+    assert (fields["queue"], fields["queue_pid"]) == ("parent_died", 4242)
+
+
+def test_diagnose_timeout_reply():
+    """qmail-smtpd's ``451 timeout (#4.4.2)`` is timeout, whatever the stage."""
+    verdict, fields = judge(BANNER + HELO + [("S", b"451 timeout (#4.4.2)\r\n"), ("S", b"")])
+    assert verdict == "timeout"
+    assert "timeout" in fields["reason"]
+
+
+def test_diagnose_queue_temp_fail_survives_quit():
+    """A session that QUITs after ``451 qq`` is still queue_temp_fail, the qq code mapped."""
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY
+                            + [("S", b"451 qq write error or disk full (#4.3.0)\r\n")] + QUIT,
+                            exit_code=0)
+    assert verdict == "queue_temp_fail"
+    assert (fields["queue"], fields["queue_exit"], fields["queued"]) == ("disk_full", 53, "no")
+
+
+def test_diagnose_queue_perm_fail_beats_temp():
+    """A permanent queue failure outranks a temporary one in the same session."""
+    second = [("C", b"MAIL FROM:<a@example.com>\r\n"), ("S", b"250 ok\r\n"),
+              ("C", b"RCPT TO:<b@example.org>\r\n"), ("S", b"250 ok\r\n")]
+    verdict, fields = judge(
+        BANNER + HELO + ENVELOPE + DATA + BODY
+        + [("S", b"554 mail server permanently rejected message (#5.3.0)\r\n")]
+        + second + DATA + BODY + [("S", b"451 qq temporary problem (#4.3.0)\r\n")] + QUIT,
+        exit_code=0)
+    assert verdict == "queue_perm_fail"
+
+
+@pytest.mark.parametrize(
+    ("steps", "stage"),
+    [
+        ([], "connect"),
+        (BANNER, "banner"),
+        (BANNER + HELO, "ehlo"),
+        (BANNER + HELO + ENVELOPE[:2], "mail"),
+        (BANNER + HELO + ENVELOPE, "rcpt"),
+        (BANNER + HELO + ENVELOPE + [("C", b"DATA\r\n")], "data"),
+        (BANNER + HELO + ENVELOPE + DATA + [("C", b"Subject: x\r\n")], "data_body"),
+    ],
+)
+def test_diagnose_client_lost_after_stage(steps, stage):
+    """Client EOF before QUIT names the stage it was in; qmail-smtpd's exit 1 is explained."""
+    verdict, fields = judge(steps + [("C", b"")], exit_code=1)
+    assert verdict == client_lost(stage) == f"client_lost_after_{stage}"
+    assert verdict in VERDICTS
+
+
+def test_diagnose_client_lost_after_data_end_is_a_duplicate():
+    """Client gone right after '.', message queued: queued=yes, reply not delivered."""
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY + [("C", b"")]
+                            + [("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")])
+    assert verdict == "client_lost_after_data_end"
+    assert (fields["queued"], fields["reply_delivered"], fields["queue_pid"]) == ("yes", "no", 77)
+
+
+def test_diagnose_rejected_after_5xx_only():
+    """Relaying denied, then QUIT: rejected, with the refusal as the reason."""
+    verdict, fields = judge(BANNER + HELO + ENVELOPE[:2] + [
+        ("C", b"RCPT TO:<x@elsewhere.example>\r\n"),
+        ("S", b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"),
+    ] + QUIT, exit_code=0)
+    assert verdict == "rejected"
+    assert fields["rcpt"] == "0/1"
+    assert "553" in fields["reason"]
+
+
+def test_diagnose_crash_by_signal_outranks_everything_but_wrapper_error():
+    """A child killed by a signal is server_crashed even mid-bare-LF."""
+    verdict, fields = judge(BANNER + HELO + [("S", b"")], exit_code=None, signal=11,
+                            signal_name="SIGSEGV")
+    assert verdict == "server_crashed"
+    assert fields["reason"] == "child killed by SIGSEGV"
+    verdict, _ = judge(BANNER, exit_code=None, signal=11, signal_name="SIGSEGV",
+                       wrapper_error="observer failed")
+    assert verdict == "wrapper_error"
+
+
+def test_diagnose_unexplained_exit_is_crash():
+    """Exit 111 with no reply saying why (softlimit out of memory) is server_crashed."""
+    verdict, fields = judge([("S", b"")], exit_code=111)
+    assert verdict == "server_crashed"
+    assert fields["reason"] == "exit 111 with no reply explaining it"
+
+
+def test_diagnose_tls_alert_is_tls_failed():
+    """A fatal TLS alert decides tls_failed over a lost client."""
+    verdict, fields = judge(BANNER + [("C", b"")], tls_alert=("fatal", "unknown_ca", "client"),
+                            tls_started=True)
+    assert verdict == "tls_failed"
+    assert "unknown_ca" in fields["reason"]
+
+
+def test_diagnose_verdict_names_are_stable():
+    """The verdict names are an API: this list only ever grows."""
+    assert set(VERDICTS) >= {
+        "ok", "bare_lf", "timeout", "queue_temp_fail", "queue_perm_fail", "rejected",
+        "tls_failed", "server_crashed", "wrapper_error", "unknown",
+        "client_lost_after_connect", "client_lost_after_banner", "client_lost_after_ehlo",
+        "client_lost_after_mail", "client_lost_after_rcpt", "client_lost_after_data",
+        "client_lost_after_data_body", "client_lost_after_data_end", "client_lost_after_bdat",
+        "client_lost_after_starttls", "client_lost_after_tls", "client_lost_after_auth",
+    }
+
+
+@pytest.mark.parametrize("text", sorted(QQ_TEXTS))
+def test_qmail_every_qq_text_has_a_meaning(text):
+    """Each qmail-smtpd end-of-data text maps to a meaning and, if unique, its exit code."""
+    meaning, code = qq_meaning(554 if b"#5." in text else 451, text)
+    assert meaning == QQ_TEXTS[text][0]
+    codes = QQ_TEXTS[text][1]
+    assert code == (codes[0] if len(codes) == 1 else None)
+
+
+def test_qmail_queue_pid_parsing():
+    """The qp number is read from the 250 and nothing else."""
+    assert queue_pid(b"ok 1732537200 qp 4242") == 4242
+    assert queue_pid(b"ok") is None
+    assert queue_pid(b"ok qp x12") is None
+
+
+def test_diagnose_encrypted_session_exit_0_is_ok():
+    """QUIT inside TLS cannot be read; exit 0 after a TLS session is ok, not a lost client."""
+    steps = BANNER + [("C", b"EHLO c\r\n"), ("S", b"250-mx\r\n250 STARTTLS\r\n"),
+                      ("C", b"STARTTLS\r\n"), ("S", b"220 go ahead\r\n"),
+                      ("C", b"\x16\x03\x01\x00\x00"), ("C", b""), ("S", b"")]
+    verdict, fields = judge(steps, exit_code=0, tls_hello_done=True)
+    assert verdict == "ok"
+    assert fields["tls"] is True
+    verdict, _ = judge(steps, exit_code=1, tls_hello_done=True)
+    assert verdict == "client_lost_after_tls"
