@@ -30,6 +30,16 @@ options:
                          anomalies: bare LF, smuggling, mid-DATA replies,
                          pipelining violations, TLS alerts...; all adds every
                          command and reply, never a body or a credential)
+  --alert-exec PROG      run PROG (no shell, detached) after abnormal verdicts,
+                         with SUPERVISE_SMTP_* variables holding the summary
+  --alert-on VERDICTS    comma list (default server_crashed,queue_temp_fail,
+                         queue_perm_fail,wrapper_error,parent_died)
+  --alert-rate N/PERIOD  at most N alerts per PERIOD (e.g. 10/3600s, 5/1m)
+                         across connections; needs --state-dir
+  --state-dir DIR        where the alert rate state lives (0700)
+  --idle-timeout S       no byte either way for S seconds: 421 and close
+                         (off by default: qmail-smtpd's own timeout rules)
+  --max-session S        whole connection longer than S seconds: same
   --linger SECONDS       after the child exits, wait this long for descendants
                          that still hold its stderr (default 1)
   -h, --help             this help
@@ -44,7 +54,9 @@ exit: 100 usage, 111 cannot start prog, else prog's own status.
 
 _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
             "--events": ("anomalies", "all", "none")}
-_VALUED = ("--stderr", "--format", "--linger", "--events")
+_VALUED = ("--stderr", "--format", "--linger", "--events", "--alert-exec", "--alert-on",
+           "--alert-rate", "--state-dir", "--idle-timeout", "--max-session")
+_SECONDS = ("--linger", "--idle-timeout", "--max-session")
 
 
 def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -71,17 +83,30 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
             value = args[i]
         if name in _CHOICES and value not in _CHOICES[name]:
             raise UsageError(f"bad value for {name}: {value} (one of {'|'.join(_CHOICES[name])})")
-        if name == "--linger":
+        if name in _SECONDS:
             try:
-                if not 0 <= float(value) <= 3600:
+                if not 0 <= float(value) <= 86400:
                     raise ValueError
             except ValueError:
-                raise UsageError(f"bad value for --linger: {value}") from None
+                raise UsageError(f"bad value for {name}: {value}") from None
+        if name == "--alert-rate":
+            from supervise_smtp.alert import parse_rate
+
+            parse_rate(value)  # UsageError when malformed
+        if name == "--alert-on":
+            from supervise_smtp.alert import parse_verdicts
+
+            parse_verdicts(value)
         opts[name[2:]] = value
         i += 1
     prog = args[i:]
     if not prog:
         raise UsageError("missing prog")
+    for name in ("alert-on", "alert-rate"):
+        if name in opts and "alert-exec" not in opts:
+            raise UsageError(f"--{name} needs --alert-exec")
+    if "alert-rate" in opts and "state-dir" not in opts:
+        raise UsageError("--alert-rate needs --state-dir")
     return opts, prog
 
 
@@ -144,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         format=opts.get("format", "logfmt"),
         linger_s=float(opts.get("linger", "1")),
         events=opts.get("events", "anomalies"),
+        alert_exec=opts.get("alert-exec"),
+        alert_on=opts.get("alert-on"),
+        alert_rate=opts.get("alert-rate"),
+        state_dir=opts.get("state-dir"),
+        idle_timeout_s=float(opts.get("idle-timeout", "0")),
+        max_session_s=float(opts.get("max-session", "0")),
     )
     try:
         status = session.run(options, prog)

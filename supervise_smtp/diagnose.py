@@ -110,7 +110,7 @@ def _decide(f: Facts) -> tuple[str, str]:
     timed_out = bool(f.timeout_fired) or (
         last_code is not None and is_timeout(last_code, last_text))
     client_left = f.first_close == "client" or bool(f.client_gone)
-    if f.signal is not None:
+    if f.signal is not None and not f.timeout_fired:  # after a wrapper timeout, we killed it
         return "server_crashed", f"child killed by {f.signal_name}" + (
             " (core dumped)" if f.core else "")
     explained = (smtplf or timed_out or last_code == 421 or client_left or st.quit_sent
@@ -126,7 +126,8 @@ def _decide(f: Facts) -> tuple[str, str]:
         return "bare_lf", f"451 smtplf after {count} bare LF{where}"
     if timed_out:
         if f.timeout_fired:
-            return "timeout", f"wrapper {f.timeout_fired} fired"
+            option = "--" + f.timeout_fired.replace("_", "-")
+            return "timeout", f"wrapper {option} fired in stage {st.stage}"
         return "timeout", f"{last_code} timeout from the server in stage {st.stage}"
     if f.tls_alert is not None and f.tls_alert[0] == "fatal":
         level, description, direction = f.tls_alert

@@ -31,6 +31,7 @@ __all__ = ["Relay", "ClientEnd", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
 CHUNK_BYTES = 256 * 1024
 BUFFER_BYTES = 512 * 1024
 FLUSH_SECONDS = 30.0
+KILL_GRACE_SECONDS = 5.0  # after a wrapper timeout: SIGTERM, then SIGKILL
 
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 _POLLOUT = select.POLLOUT
@@ -136,7 +137,9 @@ class Relay:
 
     def __init__(self, cin: ClientEnd, cout: ClientEnd, server: _socket.socket,
                  err_fd: int | None, pidfd: int | None, tap: Tap | None,
-                 stderr_cb, child_exited, linger_s: float = 1.0) -> None:
+                 stderr_cb, child_exited, linger_s: float = 1.0,
+                 idle_s: float = 0.0, max_s: float = 0.0, on_timeout=None,
+                 kill_child=None) -> None:
         self.cin = cin
         self.cout = cout
         self.server = server
@@ -163,6 +166,14 @@ class Relay:
         self.first_close: str | None = None  # "client" or "server"
         self.exited_at: float | None = None
         self.started = time.monotonic()
+        self.last_activity = self.started
+        self.idle_s = idle_s  # 0: off
+        self.max_s = max_s  # 0: off
+        self.on_timeout = on_timeout  # which -> bytes to tell the client, or None
+        self.kill_child = kill_child  # signal number -> None
+        self.timeout_fired: str | None = None
+        self.kill_at: float | None = None
+        self.last_out = b"\n"  # last byte written to the client
         self.ended: float | None = None
 
     # -- taps ------------------------------------------------------------
@@ -199,6 +210,7 @@ class Relay:
             self._flush_c2s()
             return
         self.bytes_in += len(data)
+        self.last_activity = time.monotonic()
         # Forward first, observe after: the observer never delays a byte.
         if self.server_gone:
             pass  # the child can no longer read: drop, keep the client moving
@@ -251,6 +263,7 @@ class Relay:
             self._flush_s2c()
             return
         self.bytes_from_server += len(data)
+        self.last_activity = time.monotonic()
         if self.client_gone:
             pass  # nobody to tell; keep draining so the child never blocks
         elif self.s2c:
@@ -271,6 +284,8 @@ class Relay:
             self.s2c.clear()
             return len(data)
         self.bytes_out += n
+        if n:
+            self.last_out = bytes(data[n - 1 : n])
         return n
 
     def _flush_s2c(self) -> None:
@@ -323,6 +338,67 @@ class Relay:
         left = self._remaining()
         return left is not None and left <= 0
 
+    # -- opt-in timeouts (off by default: qmail-smtpd's own timeout rules) --
+    def _timer_left(self) -> float | None:
+        """Seconds to the next timer (idle, whole session, kill), None if none."""
+        now = time.monotonic()
+        lefts = []
+        if self.exited_at is None:
+            if self.kill_at is not None:
+                lefts.append(self.kill_at - now)
+            elif self.timeout_fired is None:
+                if self.idle_s:
+                    lefts.append(self.last_activity + self.idle_s - now)
+                if self.max_s:
+                    lefts.append(self.started + self.max_s - now)
+        return min(lefts) if lefts else None
+
+    def _check_timers(self) -> None:
+        now = time.monotonic()
+        if self.exited_at is not None:
+            return
+        if self.kill_at is not None:
+            if now >= self.kill_at and self.kill_child is not None:
+                self.kill_child(9)  # SIGKILL after the grace period
+                self.kill_at = None
+            return
+        if self.timeout_fired is not None:
+            return
+        which = None
+        if self.max_s and now >= self.started + self.max_s:
+            which = "max_session"
+        elif self.idle_s and now >= self.last_activity + self.idle_s:
+            which = "idle_timeout"
+        if which is not None:
+            self._fire(which, now)
+
+    def _fire(self, which: str, now: float) -> None:
+        """Say 421 if we can, close both sides, ask the child to go."""
+        self.timeout_fired = which
+        between_replies = not self.s2c and self.last_out == b"\n"
+        if between_replies and not self.client_gone and self.on_timeout is not None:
+            message = self.on_timeout(which)
+            if message:
+                try:
+                    self.bytes_out += self.cout.write(message)
+                except OSError:
+                    pass
+        self.s2c.clear()
+        self.c2s.clear()
+        self.client_eof = self.client_shut = True
+        self.first_close = self.first_close or "wrapper"
+        if not self.client_gone:
+            self.cout.shut_write()
+        self.client_gone = True
+        self.server_gone = True
+        try:
+            self.server.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.kill_child is not None:
+            self.kill_child(15)
+            self.kill_at = now + KILL_GRACE_SECONDS
+
     def run(self) -> None:
         """Relay until done(); then close our end toward the child."""
         poller = select.poll()
@@ -353,6 +429,9 @@ class Relay:
                     poller.register(fd, mask)
                     registered[fd] = mask
             left = self._remaining()
+            timer = self._timer_left()
+            if timer is not None and (left is None or timer < left):
+                left = timer
             if left is not None:
                 timeout: float | None = max(0.0, left) * 1000
             elif self.pidfd is None:
@@ -379,6 +458,8 @@ class Relay:
                     self._client_readable()
             if self.pidfd is None:
                 self._note_exit()
+            if self.idle_s or self.max_s:
+                self._check_timers()
         self.ended = time.monotonic()
         if self.err_fd is not None:
             os.close(self.err_fd)

@@ -34,14 +34,24 @@ MAX_STDERR_PASS_BYTES = 65536
 class Options:
     """Per-connection settings, parsed by cli."""
 
-    __slots__ = ("stderr_mode", "format", "linger_s", "events")
+    __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
+                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
-                 linger_s: float = 1.0, events: str = "anomalies") -> None:
+                 linger_s: float = 1.0, events: str = "anomalies",
+                 alert_exec: str | None = None, alert_on: str | None = None,
+                 alert_rate: str | None = None, state_dir: str | None = None,
+                 idle_timeout_s: float = 0.0, max_session_s: float = 0.0) -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
         self.events = events  # anomalies | all | none: observer events logged
+        self.alert_exec = alert_exec
+        self.alert_on = alert_on
+        self.alert_rate = alert_rate
+        self.state_dir = state_dir
+        self.idle_timeout_s = idle_timeout_s  # 0: off
+        self.max_session_s = max_session_s  # 0: off
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -224,8 +234,24 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 
     cin, cout = ClientEnd(0), ClientEnd(1)
     tap = _make_tap(opts, out.emit, facts)
+
+    def on_timeout(which: str) -> bytes | None:
+        """What the client hears when a wrapper timeout fires: 421, unless in TLS."""
+        if tap.observer.state.tls_active or tap.observer.stage in ("starttls", "tls"):
+            return None
+        return b"421 4.4.2 " + os.uname().nodename.encode() + b" timeout\r\n"
+
+    def kill_child(signum: int) -> None:
+        if not reaped:
+            try:
+                os.kill(child.pid, signum)
+            except OSError:
+                pass
+
     relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
-                  on_stderr, child_exited, linger_s=opts.linger_s)
+                  on_stderr, child_exited, linger_s=opts.linger_s,
+                  idle_s=opts.idle_timeout_s, max_s=opts.max_session_s,
+                  on_timeout=on_timeout, kill_child=kill_child)
     relay.run()
     if not reaped:
         reaped.append(reap(child) or ExitStatus(0, None))
@@ -242,12 +268,26 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
              bytes_out=relay.bytes_out, first_close=relay.first_close or "none",
              client_error=relay.client_error,
              duration_ms=int((end - started) * 1000), **_exit_fields(status))
-    _summary(out, facts, relay, tap, status, child, int((end - started) * 1000))
+    verdict, fields = _summary(out, facts, relay, tap, status, child,
+                               int((end - started) * 1000))
+    if opts.alert_exec:
+        from supervise_smtp.alert import maybe_alert, parse_rate, parse_verdicts
+
+        try:
+            result = maybe_alert(
+                opts.alert_exec,
+                parse_verdicts(opts.alert_on) if opts.alert_on else None,
+                parse_rate(opts.alert_rate) if opts.alert_rate else None,
+                opts.state_dir, verdict, fields, facts.scanner_died_pid is not None)
+        except Exception as exc:  # an alert problem never changes the session's outcome
+            result = {"action": "error", "error": repr(exc)[:200]}
+        if result:
+            out.emit("alert", {"verdict": verdict, **result})
     return status
 
 
 def _summary(out: Output, facts: Facts, relay: Relay, tap: ObserverTap, status: ExitStatus,
-             child: Child, duration_ms: int) -> None:
+             child: Child, duration_ms: int) -> tuple[str, dict[str, object]]:
     """The one line that says what happened: event=summary verdict=..."""
     from supervise_smtp.diagnose import diagnose
 
@@ -262,9 +302,13 @@ def _summary(out: Output, facts: Facts, relay: Relay, tap: ObserverTap, status: 
     facts.client_gone = relay.client_gone
     facts.bytes_in = relay.bytes_in
     facts.bytes_out = relay.bytes_out
+    facts.timeout_fired = relay.timeout_fired
     try:
         verdict, fields = diagnose(facts)
     except Exception as exc:  # fail open: a diagnose bug never costs the exit status
         verdict, fields = "wrapper_error", {"reason": f"diagnose failed: {exc!r}"[:200]}
-    out.emit("summary", {"verdict": verdict, "child_pid": child.pid, **fields,
-                         "duration_ms": duration_ms, **_exit_fields(status)})
+    line = {"verdict": verdict, "remote": out.base.get("remote"), "pid": out.base.get("pid"),
+            "child_pid": child.pid, **fields, "duration_ms": duration_ms,
+            **_exit_fields(status)}
+    out.emit("summary", line)
+    return verdict, line

@@ -198,3 +198,11 @@ def test_diagnose_encrypted_session_exit_0_is_ok():
     assert fields["tls"] is True
     verdict, _ = judge(steps, exit_code=1, tls_hello_done=True)
     assert verdict == "client_lost_after_tls"
+
+
+def test_diagnose_wrapper_timeout_owns_the_kill():
+    """After --idle-timeout fired, the child's SIGTERM is ours: timeout, not a crash."""
+    verdict, fields = judge(BANNER + HELO + [("S", b"")], exit_code=None, signal=15,
+                            signal_name="SIGTERM", timeout_fired="idle_timeout")
+    assert verdict == "timeout"
+    assert fields["reason"] == "wrapper --idle-timeout fired in stage ehlo"
