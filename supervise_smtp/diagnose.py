@@ -47,7 +47,7 @@ class Facts:
         "client_gone", "client_stage", "end_replies", "reply_after_client_eof",
         "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
-        "bytes_out", "notes",
+        "bytes_out", "notes", "queue_watch_pid", "queue_outlived",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -73,6 +73,8 @@ class Facts:
     bytes_in: int
     bytes_out: int
     notes: list[str]
+    queue_watch_pid: int | None  # the queue program seen under the child at DATA
+    queue_outlived: bool  # ... and still alive after the child was gone
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -83,7 +85,7 @@ class Facts:
             if getattr(self, key) is None:
                 setattr(self, key, [])
         for key in ("core", "client_gone", "reply_after_client_eof", "tls_started",
-                    "tls_hello_done"):
+                    "tls_hello_done", "queue_outlived"):
             if getattr(self, key) is None:
                 setattr(self, key, False)
         for key in ("bytes_in", "bytes_out"):
@@ -223,9 +225,13 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
             fields["queue_exit"] = qq_exit
             if meaning and meaning != "accepted":
                 fields["queue"] = meaning
+    if f.queue_watch_pid is not None and fields.get("queue_pid") is None:
+        fields["queue_pid"] = f.queue_watch_pid
+    if f.queue_watch_pid is not None:
+        fields["queue_outlived"] = f.queue_outlived
     if f.scanner_died_pid is not None:
         fields["queue"] = "parent_died"
-        fields["queue_pid"] = f.scanner_died_pid
+        fields["queue_pid"] = f.scanner_died_pid or fields.get("queue_pid")
     if f.queue_notes:
         fields["queue_notes"] = tuple(f.queue_notes)
     if f.notes:

@@ -75,7 +75,8 @@ def _exit_fields(status: ExitStatus) -> dict[str, object]:
 
 
 # Observer events that diagnose needs remembered.
-_NOTED = frozenset({"reply", "peer_closed", "starttls", "tls_server_hello", "tls_alert"})
+_NOTED = frozenset({"reply", "peer_closed", "starttls", "tls_server_hello", "tls_alert",
+                    "data_start"})
 
 # What is worth a line of its own while the session runs: anomalies only,
 # so that a clean session stays quiet (its summary says the rest).
@@ -92,7 +93,7 @@ class ObserverTap:
     relay, which drops the tap and goes on relaying: fail open.
     """
 
-    __slots__ = ("observer", "emit", "wanted", "facts", "client_eof")
+    __slots__ = ("observer", "emit", "wanted", "facts", "client_eof", "on_data_start")
 
     def __init__(self, observer: Observer, emit: Callable[..., None],
                  wanted: frozenset[str] | None, facts: Facts) -> None:
@@ -101,6 +102,7 @@ class ObserverTap:
         self.wanted = wanted  # None: every event
         self.facts = facts
         self.client_eof = False
+        self.on_data_start: Callable[[], None] | None = None
 
     def _log(self, events: list[Event]) -> None:
         wanted = self.wanted
@@ -125,6 +127,9 @@ class ObserverTap:
         elif name == "peer_closed":
             if ev.peer == "client" and f.client_stage is None:
                 f.client_stage = ev.stage
+        elif name == "data_start":
+            if self.on_data_start is not None:
+                self.on_data_start()
         elif name == "starttls":
             f.tls_started = True
         elif name == "tls_server_hello":
@@ -225,15 +230,33 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
                 out.emit("child_stderr", child_pid=child.pid, source=source, text=line,
                          line_bytes=total, truncated=True if truncated else None)
 
+    from supervise_smtp import procfs
+
+    queue: list[tuple[int, int | None]] = []  # (pid, start ticks) per message
+
+    def on_data_start() -> None:
+        """qmail-smtpd forked its queue program before the 354: note who it is."""
+        for pid in procfs.children(child.pid):
+            queue.append((pid, procfs.start_ticks(pid)))
+            del queue[:-4]
+            return
+
+
+    outlived: list[bool] = []
+
     def child_exited() -> bool:
         if not reaped:
             status = reap(child, block=False)
             if status is not None:
                 reaped.append(status)
+                if queue:  # did the queue program outlive qmail-smtpd?
+                    outlived.append(procfs.alive(*queue[-1]))
         return bool(reaped)
 
     cin, cout = ClientEnd(0), ClientEnd(1)
     tap = _make_tap(opts, out.emit, facts)
+    tap.on_data_start = on_data_start
+
 
     def on_timeout(which: str) -> bytes | None:
         """What the client hears when a wrapper timeout fires: 421, unless in TLS."""
@@ -257,6 +280,9 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         reaped.append(reap(child) or ExitStatus(0, None))
     child.sock.close()
     on_stderr(b"")
+    if queue:
+        facts.queue_watch_pid = queue[-1][0]
+        facts.queue_outlived = bool(outlived and outlived[0])
     status = reaped[0]
     if relay.tap_error is not None:
         out.emit("observer_error", **_error_fields(relay.tap_error))
