@@ -182,12 +182,24 @@ def _counts(st: Any) -> dict[str, object]:
     return fields
 
 
+def _stage(verdict: str, f: Facts) -> str | None:
+    """The stage the verdict is about, not one the observer reached afterwards."""
+    st = f.state
+    if st is None:
+        return "connect"
+    if verdict.startswith("client_lost_after_"):
+        return verdict.removeprefix("client_lost_after_")
+    if verdict == "bare_lf":  # in the body, not a QUIT qmail-smtpd never read
+        msg = st.message
+        return "data_end" if msg is not None and msg.complete else "data_body"
+    return str(st.stage)  # where the session ended (e.g. quit after a 451 qq)
+
+
 def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
     """The verdict and the summary fields after it, in order."""
     verdict, reason = _decide(f)
     st = f.state
-    fields: dict[str, object] = {"stage": st.stage if st is not None else None,
-                                 "reason": reason}
+    fields: dict[str, object] = {"stage": _stage(verdict, f), "reason": reason}
     if st is not None:
         fields.update(_counts(st))
     fields["bytes_in"] = f.bytes_in
