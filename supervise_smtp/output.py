@@ -52,12 +52,8 @@ def _text(value: object) -> str | None:
     """Escaped text of one value, or None to leave the key out."""
     if value is None:
         return None
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int):  # bool included
+        return _scalar(value)
     if isinstance(value, float):
         return f"{value:.3f}"
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -91,13 +87,18 @@ def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
     return items
 
 
-def _logfmt_value(value: str | int | bool) -> str:
+def _scalar(value: int | bool) -> str:
+    """Booleans and integers read the same in logfmt and JSON."""
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, int):
-        return str(value)
+    return str(value)
+
+
+def _logfmt_value(value: str | int | bool) -> str:
+    if not isinstance(value, str):
+        return _scalar(value)
     if not value or " " in value or "=" in value or '"' in value or "\\" in value:
         return '"' + value.replace('"', '\\"') + '"'
     return value
@@ -110,12 +111,8 @@ def format_logfmt(fields: dict[str, object]) -> bytes:
 
 
 def _json_value(value: str | int | bool) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
+    if not isinstance(value, str):
+        return _scalar(value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
