@@ -188,7 +188,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
         raise
     reaped: list[ExitStatus] = []
 
-    def forward(signum: int, _frame: object) -> None:
+    def signal_child(signum: int) -> None:
+        """Forwarded signals and wrapper timeouts; never once the pid is reaped."""
         if not reaped:
             try:
                 os.kill(child.pid, signum)
@@ -196,8 +197,11 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
                 pass
 
     for sig in FORWARDED_SIGNALS:
-        _signal.signal(sig, forward)
+        _signal.signal(sig, lambda signum, _frame: signal_child(signum))
 
+    # The rest is imported while the child starts and prints its banner.
+    from supervise_smtp import procfs
+    from supervise_smtp.diagnose import Facts
     from supervise_smtp.lines import LineSplitter
     from supervise_smtp.output import Output
     from supervise_smtp.relay import ClientEnd, Relay
@@ -205,14 +209,10 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 
     out = Output(opts.format)
     out.base = base
-
     out.emit("connect", _connect_fields(env, child))
     passthrough = opts.stderr_mode == "pass"
     lines = LineSplitter(MAX_STDERR_PASS_BYTES if passthrough else MAX_STDERR_TAG_BYTES,
                          split=passthrough)
-
-    from supervise_smtp.diagnose import Facts
-
     facts = Facts()
 
     def on_stderr(data: bytes) -> None:
@@ -230,9 +230,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
                 out.emit("child_stderr", child_pid=child.pid, source=source, text=line,
                          line_bytes=total, truncated=True if truncated else None)
 
-    from supervise_smtp import procfs
-
-    queue: list[tuple[int, int | None]] = []  # (pid, start ticks) per message
+    queue: list[tuple[int, int | None]] = []  # (pid, start ticks) of the last messages
 
     def on_data_start() -> None:
         """qmail-smtpd forked its queue program before the 354: note who it is."""
@@ -240,7 +238,6 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             queue.append((pid, procfs.start_ticks(pid)))
             del queue[:-4]
             return
-
 
     outlived: list[bool] = []
 
@@ -257,24 +254,16 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     tap = _make_tap(opts, out.emit, facts)
     tap.on_data_start = on_data_start
 
-
     def on_timeout(which: str) -> bytes | None:
         """What the client hears when a wrapper timeout fires: 421, unless in TLS."""
         if tap.observer.state.tls_active or tap.observer.stage in ("starttls", "tls"):
             return None
         return b"421 4.4.2 " + os.uname().nodename.encode() + b" timeout\r\n"
 
-    def kill_child(signum: int) -> None:
-        if not reaped:
-            try:
-                os.kill(child.pid, signum)
-            except OSError:
-                pass
-
     relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
                   on_stderr, child_exited, linger_s=opts.linger_s,
                   idle_s=opts.idle_timeout_s, max_s=opts.max_session_s,
-                  on_timeout=on_timeout, kill_child=kill_child)
+                  on_timeout=on_timeout, kill_child=signal_child)
     relay.run()
     if not reaped:
         reaped.append(reap(child) or ExitStatus(0, None))
