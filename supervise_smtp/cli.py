@@ -40,6 +40,10 @@ options:
   --idle-timeout S       no byte either way for S seconds: 421 and close
                          (off by default: qmail-smtpd's own timeout rules)
   --max-session S        whole connection longer than S seconds: same
+  --subreaper            become a child subreaper: reap the queue program
+                         when qmail-smtpd dies first and report its exit
+                         (hides the parent death from qmail-scanner's
+                         getppid() check; supervise-smtp reports it instead)
   --linger SECONDS       after the child exits, wait this long for descendants
                          that still hold its stderr (default 1)
   -h, --help             this help
@@ -57,6 +61,7 @@ _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
 _VALUED = ("--stderr", "--format", "--linger", "--events", "--alert-exec", "--alert-on",
            "--alert-rate", "--state-dir", "--idle-timeout", "--max-session")
 _SECONDS = ("--linger", "--idle-timeout", "--max-session")
+_FLAGS = ("--subreaper",)
 
 
 def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -73,6 +78,10 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
             return opts, []
         if not arg.startswith("-") or arg == "-":
             break
+        if arg in _FLAGS:
+            opts[arg[2:]] = ""
+            i += 1
+            continue
         name, eq, value = arg.partition("=")
         if name not in _VALUED:
             raise UsageError(f"unknown option {arg}")
@@ -175,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=opts.get("state-dir"),
         idle_timeout_s=float(opts.get("idle-timeout", "0")),
         max_session_s=float(opts.get("max-session", "0")),
+        subreaper="subreaper" in opts,
     )
     try:
         status = session.run(options, prog)

@@ -47,7 +47,7 @@ class Facts:
         "client_gone", "client_stage", "end_replies", "reply_after_client_eof",
         "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
-        "bytes_out", "notes", "queue_watch_pid", "queue_outlived",
+        "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -75,6 +75,7 @@ class Facts:
     notes: list[str]
     queue_watch_pid: int | None  # the queue program seen under the child at DATA
     queue_outlived: bool  # ... and still alive after the child was gone
+    queue_reaped: dict[str, object] | None  # --subreaper: its own exit/signal
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -244,6 +245,9 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
     if f.scanner_died_pid is not None:
         fields["queue"] = "parent_died"
         fields["queue_pid"] = f.scanner_died_pid or fields.get("queue_pid")
+    if f.queue_reaped:
+        fields["queue_exit"] = f.queue_reaped.get("exit")
+        fields["queue_signal"] = f.queue_reaped.get("signal")
     if f.queue_notes:
         fields["queue_notes"] = tuple(f.queue_notes)
     if f.notes:

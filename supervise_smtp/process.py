@@ -18,7 +18,8 @@ import os
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["Child", "ExitStatus", "original_environ", "spawn", "reap", "signal_name", "die_like"]
+__all__ = ["Child", "ExitStatus", "original_environ", "spawn", "reap", "signal_name", "die_like",
+           "become_subreaper", "reap_pid"]
 
 # Python ignores these at start-up and an ignored disposition survives exec:
 # qmail-smtpd must get them back at their defaults, as under plain tcpserver.
@@ -171,3 +172,44 @@ def die_like(signum: int) -> None:
     except (OSError, ValueError):
         pass
     os.kill(os.getpid(), signum)
+
+
+def become_subreaper() -> str | None:
+    """PR_SET_CHILD_SUBREAPER, for --subreaper only; an error text, None when done.
+
+    Not by default: qmail-scanner detects its parent's death with
+    getppid() == 1, which a subreaper hides (we then report it ourselves).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+            return os.strerror(ctypes.get_errno())
+    except (OSError, AttributeError, ImportError) as err:
+        return str(err)
+    return None
+
+
+def reap_pid(pid: int, timeout_s: float) -> ExitStatus | None:
+    """Wait up to timeout_s for an adopted orphan (the queue program) and reap it."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(timeout_s * 1000)
+        got, wstatus, rusage = os.wait4(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        return None  # not ours after all (not a subreaper, or already reaped)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if got == 0:
+        return None
+    return ExitStatus(wstatus, rusage)

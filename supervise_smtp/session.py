@@ -35,13 +35,14 @@ class Options:
     """Per-connection settings, parsed by cli."""
 
     __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
-                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s")
+                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
                  linger_s: float = 1.0, events: str = "anomalies",
                  alert_exec: str | None = None, alert_on: str | None = None,
                  alert_rate: str | None = None, state_dir: str | None = None,
-                 idle_timeout_s: float = 0.0, max_session_s: float = 0.0) -> None:
+                 idle_timeout_s: float = 0.0, max_session_s: float = 0.0,
+                 subreaper: bool = False) -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
@@ -52,6 +53,7 @@ class Options:
         self.state_dir = state_dir
         self.idle_timeout_s = idle_timeout_s  # 0: off
         self.max_session_s = max_session_s  # 0: off
+        self.subreaper = subreaper  # opt-in: reap the queue program ourselves
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -198,6 +200,11 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 
     for sig in FORWARDED_SIGNALS:
         _signal.signal(sig, lambda signum, _frame: signal_child(signum))
+    subreaper_error = None
+    if opts.subreaper:
+        from supervise_smtp.process import become_subreaper
+
+        subreaper_error = become_subreaper()
 
     # The rest is imported while the child starts and prints its banner.
     from supervise_smtp import procfs
@@ -272,6 +279,17 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     if queue:
         facts.queue_watch_pid = queue[-1][0]
         facts.queue_outlived = bool(outlived and outlived[0])
+    if subreaper_error is not None:
+        out.emit("wrapper_error", where="subreaper", error=subreaper_error)
+    elif opts.subreaper and queue and facts.queue_outlived:
+        from supervise_smtp.process import reap_pid
+
+        qstatus = reap_pid(queue[-1][0], max(opts.linger_s, 1.0))
+        on_stderr(b"")  # what it wrote before it ended
+        if qstatus is not None:
+            facts.queue_reaped = _exit_fields(qstatus)
+            facts.scanner_died_pid = facts.scanner_died_pid or queue[-1][0]
+            out.emit("queue_parent_died", queue_pid=queue[-1][0], **facts.queue_reaped)
     status = reaped[0]
     if relay.tap_error is not None:
         out.emit("observer_error", **_error_fields(relay.tap_error))
