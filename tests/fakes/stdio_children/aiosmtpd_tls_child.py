@@ -29,7 +29,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+from aiosmtpd_child import OneConnection  # the script's own directory is on sys.path
 
 
 class Spool:
@@ -65,19 +66,6 @@ class Spool:
         want = self.users.get(auth_data.login)
         ok = want is not None and hmac.compare_digest(want, auth_data.password)
         return AuthResult(success=ok, handled=False)
-
-
-class OneConnection(SMTP):
-    """SMTP that resolves ``closed`` when its connection is gone."""
-
-    def __init__(self, handler, closed: asyncio.Future, **kw) -> None:
-        super().__init__(handler, **kw)
-        self.closed = closed
-
-    def connection_lost(self, exc) -> None:
-        super().connection_lost(exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 def tls_context() -> ssl.SSLContext:
