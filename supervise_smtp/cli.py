@@ -40,6 +40,9 @@ options:
   --idle-timeout S       no byte either way for S seconds: 421 and close
                          (off by default: qmail-smtpd's own timeout rules)
   --max-session S        whole connection longer than S seconds: same
+  --bare-lf observe|fix  observe (default): byte-exact; fix: inside DATA only,
+                         bare LF becomes CRLF (as fixcrio) and each fixed
+                         message is logged as bare_lf_fixed with its sender
   --subreaper            become a child subreaper: reap the queue program
                          when qmail-smtpd dies first and report its exit
                          (hides the parent death from qmail-scanner's
@@ -57,9 +60,9 @@ exit: 100 usage, 111 cannot start prog, else prog's own status.
 """
 
 _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
-            "--events": ("anomalies", "all", "none")}
-_VALUED = ("--stderr", "--format", "--linger", "--events", "--alert-exec", "--alert-on",
-           "--alert-rate", "--state-dir", "--idle-timeout", "--max-session")
+            "--events": ("anomalies", "all", "none"), "--bare-lf": ("observe", "fix")}
+_VALUED = ("--stderr", "--format", "--linger", "--events", "--bare-lf", "--alert-exec",
+           "--alert-on", "--alert-rate", "--state-dir", "--idle-timeout", "--max-session")
 _SECONDS = ("--linger", "--idle-timeout", "--max-session")
 _FLAGS = ("--subreaper",)
 
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         idle_timeout_s=float(opts.get("idle-timeout", "0")),
         max_session_s=float(opts.get("max-session", "0")),
         subreaper="subreaper" in opts,
+        bare_lf=opts.get("bare-lf", "observe"),
     )
     try:
         status = session.run(options, prog)

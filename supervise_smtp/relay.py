@@ -139,7 +139,7 @@ class Relay:
                  err_fd: int | None, pidfd: int | None, tap: Tap | None,
                  stderr_cb, child_exited, linger_s: float = 1.0,
                  idle_s: float = 0.0, max_s: float = 0.0, on_timeout=None,
-                 kill_child=None) -> None:
+                 kill_child=None, rewrite=None) -> None:
         self.cin = cin
         self.cout = cout
         self.server = server
@@ -174,6 +174,10 @@ class Relay:
         self.timeout_fired: str | None = None
         self.kill_at: float | None = None
         self.last_out = b"\n"  # last byte written to the client
+        # --bare-lf fix: feed_client(bytes) -> bytes toward the child,
+        # feed_server(bytes) to follow the replies; dropped if it raises.
+        self.rewrite = rewrite
+        self.rewrite_error: BaseException | None = None
         self.ended: float | None = None
 
     # -- taps ------------------------------------------------------------
@@ -207,21 +211,31 @@ class Relay:
             self.client_eof = True
             self.first_close = self.first_close or "client"
             self._show(True, b"")
+            if self.rewrite is not None:
+                self.c2s += self.rewrite.flush()
             self._flush_c2s()
             return
         self.bytes_in += len(data)
         self.last_activity = time.monotonic()
+        wire = data if self.rewrite is None else self._rewritten(data)
         # Forward first, observe after: the observer never delays a byte.
         if self.server_gone:
             pass  # the child can no longer read: drop, keep the client moving
         elif self.c2s:
-            self.c2s += data
+            self.c2s += wire
             self._flush_c2s()
         else:
-            sent = self._send_server(data)
-            if sent < len(data):
-                self.c2s += data[sent:]
+            sent = self._send_server(wire)
+            if sent < len(wire):
+                self.c2s += wire[sent:]
         self._show(True, data)
+
+    def _rewritten(self, data: bytes) -> bytes:
+        try:
+            return self.rewrite.feed_client(data)  # type: ignore[union-attr]
+        except Exception as exc:  # fail open: the bytes go on as the client sent them
+            self.rewrite, self.rewrite_error = None, exc
+            return data
 
     def _send_server(self, data: bytes | bytearray) -> int:
         try:
@@ -264,6 +278,11 @@ class Relay:
             return
         self.bytes_from_server += len(data)
         self.last_activity = time.monotonic()
+        if self.rewrite is not None:
+            try:
+                self.rewrite.feed_server(data)
+            except Exception as exc:  # fail open
+                self.rewrite, self.rewrite_error = None, exc
         if self.client_gone:
             pass  # nobody to tell; keep draining so the child never blocks
         elif self.s2c:

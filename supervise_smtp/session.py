@@ -35,14 +35,15 @@ class Options:
     """Per-connection settings, parsed by cli."""
 
     __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
-                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper")
+                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper",
+                 "bare_lf")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
                  linger_s: float = 1.0, events: str = "anomalies",
                  alert_exec: str | None = None, alert_on: str | None = None,
                  alert_rate: str | None = None, state_dir: str | None = None,
                  idle_timeout_s: float = 0.0, max_session_s: float = 0.0,
-                 subreaper: bool = False) -> None:
+                 subreaper: bool = False, bare_lf: str = "observe") -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
@@ -54,6 +55,7 @@ class Options:
         self.idle_timeout_s = idle_timeout_s  # 0: off
         self.max_session_s = max_session_s  # 0: off
         self.subreaper = subreaper  # opt-in: reap the queue program ourselves
+        self.bare_lf = bare_lf  # observe | fix
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -267,11 +269,24 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             return None
         return b"421 4.4.2 " + os.uname().nodename.encode() + b" timeout\r\n"
 
+    fixer = None
+    if opts.bare_lf == "fix":
+        from supervise_smtp.barelf import BareLFFixer
+
+        fixer = BareLFFixer()
     relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
                   on_stderr, child_exited, linger_s=opts.linger_s,
                   idle_s=opts.idle_timeout_s, max_s=opts.max_session_s,
-                  on_timeout=on_timeout, kill_child=signal_child)
+                  on_timeout=on_timeout, kill_child=signal_child, rewrite=fixer)
     relay.run()
+    if fixer is not None:
+        for sender, count, first_line, dots in fixer.messages:
+            out.emit("bare_lf_fixed", sender=sender, count=count, first_line=first_line,
+                     dot_lines=dots or None)
+        if fixer.messages:
+            facts.notes.append("bare_lf_fixed")
+    if relay.rewrite_error is not None:
+        out.emit("wrapper_error", where="bare_lf_fix", **_error_fields(relay.rewrite_error))
     if not reaped:
         reaped.append(reap(child) or ExitStatus(0, None))
     child.sock.close()

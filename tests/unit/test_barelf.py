@@ -1,0 +1,111 @@
+"""--bare-lf fix: bare LF becomes CRLF inside DATA only; a bare newline never ends DATA."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervise_smtp.barelf import BareLFFixer
+
+HEAD = [b"HELO a\r\n", b"MAIL FROM:<broken@example.org>\r\n", b"RCPT TO:<b@example.org>\r\n",
+        b"DATA\r\n"]
+REPLIES = b"250 a\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n"
+
+
+def _session(body: bytes, pieces=None) -> tuple[bytes, BareLFFixer]:
+    f = BareLFFixer()
+    f.feed_server(b"220 mx ESMTP\r\n")
+    out = b"".join(f.feed_client(c) for c in HEAD)
+    f.feed_server(REPLIES)
+    for piece in pieces(body) if pieces else [body]:
+        out += f.feed_client(piece)
+    return out, f
+
+
+def _prefix() -> bytes:
+    return b"".join(HEAD)
+
+
+@pytest.mark.parametrize(
+    ("body", "sent", "fixed", "first"),
+    [
+        (b"a\r\nb\r\n.\r\n", b"a\r\nb\r\n.\r\n", 0, None),
+        (b"a\nb\r\n.\r\n", b"a\r\nb\r\n.\r\n", 1, 1),
+        (b"a\r\nb\nc\n.\r\n", b"a\r\nb\r\nc\r\n..\r\n", 2, 2),  # \n.\r\n: not the end
+        (b"x\r\n\n.\n", b"x\r\n\r\n..\r\n", 2, 2),  # \n.\n
+        (b"x\r\n.\nQUIT\r\n", b"x\r\n..\r\nQUIT\r\n", 1, 2),  # \r\n.\n
+        (b"bare\rcr\r\n.\r\n", b"bare\rcr\r\n.\r\n", 0, None),  # bare CR left alone
+        (b"..stuffed\r\n.\r\n", b"..stuffed\r\n.\r\n", 0, None),
+    ],
+)
+def test_barelf_rewrites_only_bare_lf(body, sent, fixed, first):
+    """Each bare LF in the body gets its CR; a dot next to a bare LF is kept as text."""
+    out, f = _session(body)
+    assert out == _prefix() + sent
+    assert (f.fixed, f.first_line) == (fixed, first)
+
+
+def test_barelf_end_of_data_returns_to_commands():
+    """After the client's \\r\\n.\\r\\n, a bare LF in a command is not touched."""
+    out, f = _session(b"a\nb\r\n.\r\nNOOP\nQUIT\r\n")
+    assert out == _prefix() + b"a\r\nb\r\n.\r\nNOOP\nQUIT\r\n"
+    assert f.messages == [(b"<broken@example.org>", 1, 1, 0)]
+    assert f.mode == "cmd"
+
+
+def test_barelf_nothing_before_354_or_after_starttls():
+    """Bytes before the 354 and everything after STARTTLS pass unchanged."""
+    f = BareLFFixer()
+    f.feed_server(b"220 mx\r\n")
+    assert f.feed_client(b"EHLO a\nSTARTTLS\r\n") == b"EHLO a\nSTARTTLS\r\n"
+    f.feed_server(b"250-mx\r\n250 STARTTLS\r\n220 go ahead\r\n")
+    tls = b"\x16\x03\x01\x00\x05a\nb\nc"
+    assert f.feed_client(tls) == tls
+    g = BareLFFixer()
+    g.feed_server(b"220 mx\r\n")
+    assert g.feed_client(b"DATA\r\nearly\nbody\n") == b"DATA\r\nearly\nbody\n"
+    g.feed_server(b"503 RCPT first (#5.5.1)\r\n")
+    assert g.feed_client(b"x\ny\n") == b"x\ny\n"
+
+
+def test_barelf_smtps_is_opaque():
+    """TLS from the first byte (SMTPS) is never rewritten."""
+    f = BareLFFixer()
+    data = b"\x16\x03\x01\x02\x00\n\n.\n"
+    assert f.feed_client(data) == data
+
+
+def _chunked(cuts):
+    def pieces(body: bytes) -> list[bytes]:
+        points = sorted({c for c in cuts if 0 < c < len(body)})
+        return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    return pieces
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"x y"]),
+                max_size=40),
+       st.lists(st.integers(0, 200), max_size=8))
+def test_barelf_any_chunking_same_bytes(parts, cuts):
+    """However the client's writes are split, the same bytes reach qmail-smtpd."""
+    body = b"".join(parts) + b"\r\n.\r\nQUIT\r\n"
+    whole, f1 = _session(body)
+    split, f2 = _session(body, _chunked(cuts))
+    assert split + f2.flush() == whole + f1.flush()
+    assert (f1.fixed, f1.dots) == (f2.fixed, f2.dots)
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"x"]),
+                max_size=40))
+def test_barelf_no_bare_lf_reaches_qmail_and_one_end(parts):
+    """In the rewritten body every LF has its CR, and the only end is the client's own."""
+    body = b"".join(parts) + b"\r\n.\r\n"
+    end = (b"\r\n" + body).find(b"\r\n.\r\n") + 3  # the client's own end of data
+    out, f = _session(body[:end])
+    sent = out[len(_prefix()):]
+    assert b"\n" not in sent.replace(b"\r\n", b"")
+    # qmail-smtpd's body ends at the first \r\n.\r\n it reads: exactly the client's
+    wire = b"\r\n" + sent
+    assert wire.find(b"\r\n.\r\n") == len(wire) - 5
+    assert f.mode == "cmd"
+    assert f.feed_client(body[end:]) == body[end:]  # what follows is commands, untouched
