@@ -43,6 +43,12 @@ options:
   --bare-lf observe|fix  observe (default): byte-exact; fix: inside DATA only,
                          bare LF becomes CRLF (as fixcrio) and each fixed
                          message is logged as bare_lf_fixed with its sender
+  --capture DIR          keep a redacted, TLS-safe transcript per connection in
+                         DIR (0600 files): commands and replies escaped, AUTH
+                         and bodies replaced by summaries, TLS as records
+  --capture-when LIST    always (default) or verdicts (bare_lf,server_crashed)
+  --capture-remote NETS  only for these peers (CIDR list)
+  --capture-max-bytes N  bound per transcript (default 1 MiB)
   --subreaper            become a child subreaper: reap the queue program
                          when qmail-smtpd dies first and report its exit
                          (hides the parent death from qmail-scanner's
@@ -62,7 +68,8 @@ exit: 100 usage, 111 cannot start prog, else prog's own status.
 _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
             "--events": ("anomalies", "all", "none"), "--bare-lf": ("observe", "fix")}
 _VALUED = ("--stderr", "--format", "--linger", "--events", "--bare-lf", "--alert-exec",
-           "--alert-on", "--alert-rate", "--state-dir", "--idle-timeout", "--max-session")
+           "--alert-on", "--alert-rate", "--state-dir", "--idle-timeout", "--max-session",
+           "--capture", "--capture-when", "--capture-remote", "--capture-max-bytes")
 _SECONDS = ("--linger", "--idle-timeout", "--max-session")
 _FLAGS = ("--subreaper",)
 
@@ -105,6 +112,22 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
             from supervise_smtp.alert import parse_rate
 
             parse_rate(value)  # UsageError when malformed
+        if name == "--capture-when" and value != "always":
+            from supervise_smtp.diagnose import VERDICTS
+
+            bad = [v for v in value.split(",") if v not in VERDICTS]
+            if bad:
+                raise UsageError(f"bad verdict for --capture-when: {bad[0]}")
+        if name == "--capture-remote":
+            import ipaddress
+
+            try:
+                for net in value.split(","):
+                    ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise UsageError(f"bad network for --capture-remote: {value}") from None
+        if name == "--capture-max-bytes" and not (value.isdigit() and 0 < int(value) < 1 << 40):
+            raise UsageError(f"bad value for --capture-max-bytes: {value}")
         if name == "--alert-on":
             from supervise_smtp.alert import parse_verdicts
 
@@ -117,6 +140,9 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
     for name in ("alert-on", "alert-rate"):
         if name in opts and "alert-exec" not in opts:
             raise UsageError(f"--{name} needs --alert-exec")
+    for name in ("capture-when", "capture-remote", "capture-max-bytes"):
+        if name in opts and "capture" not in opts:
+            raise UsageError(f"--{name} needs --capture")
     if "alert-rate" in opts and "state-dir" not in opts:
         raise UsageError("--alert-rate needs --state-dir")
     return opts, prog
@@ -189,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
         max_session_s=float(opts.get("max-session", "0")),
         subreaper="subreaper" in opts,
         bare_lf=opts.get("bare-lf", "observe"),
+        capture=opts.get("capture"),
+        capture_when=opts.get("capture-when", "always"),
+        capture_remote=opts.get("capture-remote"),
+        capture_max_bytes=int(opts.get("capture-max-bytes", str(1 << 20))),
     )
     try:
         status = session.run(options, prog)

@@ -36,14 +36,16 @@ class Options:
 
     __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
                  "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper",
-                 "bare_lf")
+                 "bare_lf", "capture", "capture_when", "capture_remote", "capture_max_bytes")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
                  linger_s: float = 1.0, events: str = "anomalies",
                  alert_exec: str | None = None, alert_on: str | None = None,
                  alert_rate: str | None = None, state_dir: str | None = None,
                  idle_timeout_s: float = 0.0, max_session_s: float = 0.0,
-                 subreaper: bool = False, bare_lf: str = "observe") -> None:
+                 subreaper: bool = False, bare_lf: str = "observe",
+                 capture: str | None = None, capture_when: str = "always",
+                 capture_remote: str | None = None, capture_max_bytes: int = 1 << 20) -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
@@ -56,6 +58,10 @@ class Options:
         self.max_session_s = max_session_s  # 0: off
         self.subreaper = subreaper  # opt-in: reap the queue program ourselves
         self.bare_lf = bare_lf  # observe | fix
+        self.capture = capture  # directory for transcripts, or None
+        self.capture_when = capture_when  # "always" or a comma list of verdicts
+        self.capture_remote = capture_remote  # comma list of networks, or None
+        self.capture_max_bytes = capture_max_bytes
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -97,7 +103,7 @@ class ObserverTap:
     relay, which drops the tap and goes on relaying: fail open.
     """
 
-    __slots__ = ("observer", "emit", "wanted", "facts", "client_eof", "on_data_start")
+    __slots__ = ("observer", "emit", "wanted", "facts", "client_eof", "on_data_start", "capture")
 
     def __init__(self, observer: Observer, emit: Callable[..., None],
                  wanted: frozenset[str] | None, facts: Facts) -> None:
@@ -107,6 +113,7 @@ class ObserverTap:
         self.facts = facts
         self.client_eof = False
         self.on_data_start: Callable[[], None] | None = None
+        self.capture: Any = None  # --capture: a capture.Capture fed the same events
 
     def _log(self, events: list[Event]) -> None:
         wanted = self.wanted
@@ -145,10 +152,26 @@ class ObserverTap:
     def client_data(self, data: bytes) -> None:
         if not data:
             self.client_eof = True
-        self._log(self.observer.feed_client(data))
+        events = self.observer.feed_client(data)
+        if events:
+            self._log(events)
+            if self.capture is not None:
+                self._capture("<", events)
 
     def server_data(self, data: bytes) -> None:
-        self._log(self.observer.feed_server(data))
+        events = self.observer.feed_server(data)
+        if events:
+            self._log(events)
+            if self.capture is not None:
+                self._capture(">", events)
+
+    def _capture(self, direction: str, events: list[Event]) -> None:
+        capture = self.capture
+        try:
+            for ev in events:
+                capture.event(direction, ev)
+        except Exception as exc:  # a capture bug costs the transcript, not the observer
+            capture.error = capture.error or f"capture failed: {exc!r}"[:200]
 
 
 def _error_fields(exc: BaseException) -> dict[str, object]:
@@ -160,6 +183,28 @@ def _error_fields(exc: BaseException) -> dict[str, object]:
     if tb is not None:
         at = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
     return {"error": repr(exc)[:300], "at": at}
+
+
+def _make_capture(opts: Options, base: dict[str, object]) -> Any:
+    """A transcript for this connection when --capture asks for one (and the peer matches)."""
+    if not opts.capture:
+        return None
+    remote = base.get("remote")
+    if opts.capture_remote:
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(str(remote))
+        except ValueError:
+            return None
+        nets = [ipaddress.ip_network(n, strict=False) for n in opts.capture_remote.split(",")]
+        if not any(addr in net for net in nets if net.version == addr.version):
+            return None
+    from supervise_smtp.capture import Capture
+
+    when = None if opts.capture_when == "always" else frozenset(opts.capture_when.split(","))
+    return Capture(opts.capture, int(str(base["pid"])), str(remote) if remote else None,
+                   when, max_bytes=opts.capture_max_bytes)
 
 
 def _make_tap(opts: Options, emit: Callable[..., None], facts: Facts) -> ObserverTap:
@@ -262,6 +307,10 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     cin, cout = ClientEnd(0), ClientEnd(1)
     tap = _make_tap(opts, out.emit, facts)
     tap.on_data_start = on_data_start
+    try:
+        tap.capture = _make_capture(opts, base)
+    except Exception as exc:  # fail open: no transcript, the mail goes on
+        out.emit("capture_error", error=repr(exc)[:200])
 
     def on_timeout(which: str) -> bytes | None:
         """What the client hears when a wrapper timeout fires: 421, unless in TLS."""
@@ -318,6 +367,16 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
              duration_ms=int((end - started) * 1000), **_exit_fields(status))
     verdict, fields = _summary(out, facts, relay, tap, status, child,
                                int((end - started) * 1000))
+    if tap.capture is not None:
+        capture, tap.capture = tap.capture, None
+        try:
+            path = capture.finish(verdict)
+        except Exception as exc:
+            path, capture.error = None, capture.error or f"capture failed: {exc!r}"[:200]
+        if capture.error:
+            out.emit("capture_error", error=capture.error)
+        elif path:
+            out.emit("capture", file=path)
     if opts.alert_exec:
         from supervise_smtp.alert import maybe_alert, parse_rate, parse_verdicts
 

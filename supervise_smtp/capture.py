@@ -1,0 +1,291 @@
+"""Targeted, redacted transcript capture of one SMTP connection (issue 5).
+
+``Capture`` turns observer events into recordio-compatible lines::
+
+    2026-11-25T11:00:00.123456 4242 < MAIL FROM:<a@example.org>
+    2026-11-25T11:00:00.123789 4242 > 250 2.1.0 ok
+
+(UTC timestamp, wrapper pid, ``<`` client to server, ``>`` server to client),
+every text escaped with ``output.escape`` so no control byte reaches the file.
+It never sees a raw byte: the AUTH exchange is ``[auth redacted]``, a message
+body is only its size and anomaly counts, and TLS is only its hello/alert
+summaries.
+
+Lines are buffered in memory up to ``SPILL_BYTES``, then spilled to a
+``.tmp-*`` file (mode 0600) in the capture directory; at most ``max_bytes``
+of lines are kept, then one ``[truncated]`` line.  ``finish(verdict)`` keeps
+the transcript (atomic rename to ``<start UTC>-<remote>-<pid>.txt``) only when
+``when`` is None (always) or holds the verdict, else deletes it.
+
+Any OSError (missing parent directory, permission, ENOSPC) switches capture
+off for the rest of the connection and is kept in ``error``; ``event`` and
+``finish`` never raise, so the SMTP session is never affected.  The caller
+logs one ``capture_error`` event from ``error``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+
+from .output import escape
+
+__all__ = ["BODY_MODES", "SPILL_BYTES", "TRUNCATED", "Capture", "filename_safe", "timestamp"]
+
+SPILL_BYTES = 64 * 1024
+BODY_MODES = ("none", "headers", "full")
+TRUNCATED = "[truncated]"
+AUTH_REDACTED = "[auth redacted]"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-]")
+
+# DataEnd fields shown in the body summary, after bytes and lines.
+_BODY_KEYS = (
+    "bare_lf_count", "bare_lf_first_line", "bare_cr_count", "bare_cr_first_line",
+    "nul_count", "nul_first_line", "long_line_count", "long_line_first_line",
+    "eight_bit_count", "smuggling_count", "dot_stuffed", "method", "chunks",
+)
+_BODY_NAMES = {"bare_lf_count": "bare_lf", "bare_cr_count": "bare_cr", "nul_count": "nul",
+               "long_line_count": "long_lines", "eight_bit_count": "eight_bit",
+               "smuggling_count": "smuggling"}
+
+
+def timestamp(t: float, sep: str = "-", tsep: str = ":", dsep: str = "T") -> str:
+    """UTC ``YYYY-mm-ddTHH:MM:SS.ffffff`` of ``t`` (separators adjustable)."""
+    sec, usec = divmod(round(t * 1_000_000), 1_000_000)
+    fmt = f"%Y{sep}%m{sep}%d{dsep}%H{tsep}%M{tsep}%S"
+    return time.strftime(fmt, time.gmtime(sec)) + f".{usec:06d}"
+
+
+def filename_safe(text: str | None) -> str:
+    """``text`` usable in a file name: only [A-Za-z0-9.-], others become ``_``."""
+    if not text:
+        return "unknown"
+    return _UNSAFE.sub("_", text)[:100]
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return escape(bytes(value))
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return ",".join(_value(v) for v in value)
+    return escape(str(value))
+
+
+def _pairs(fields: dict[str, object]) -> str:
+    """``key=value ...``; a value with a space is double-quoted (logfmt style)."""
+    out = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        text = _value(value)
+        if " " in text or '"' in text or not text:
+            text = '"' + text.replace('"', '\\x22') + '"'
+        out.append(f"{key}={text}")
+    return " ".join(out)
+
+
+class Capture:
+    """Transcript of one connection; see the module docstring."""
+
+    def __init__(
+        self, directory: str, pid: int, remote: str | None,
+        when: frozenset[str] | None, max_bytes: int = 1 << 20, body: str = "none",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if body not in BODY_MODES:
+            raise ValueError(f"capture body mode must be one of {BODY_MODES}: {body!r}")
+        self.directory = directory
+        self.pid = pid
+        self.remote = remote
+        self.when = when
+        self.max_bytes = max_bytes
+        # Bodies never reach events, so every mode records the summary only.
+        self.body = body
+        self.clock = clock
+        self.error: str | None = None
+        self.path: str | None = None
+        self.started = clock()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._total = 0
+        self._truncated = False
+        self._fd: int | None = None
+        self._tmp: str | None = None
+        self._done = False
+        self._auth = False  # inside an AUTH exchange: 334 texts are redacted
+
+    # -- events -> text -------------------------------------------------
+
+    def format(self, ev: object) -> list[str]:
+        """The transcript texts (unescaped parts already escaped) for one event."""
+        name = getattr(ev, "NAME", type(ev).__name__)
+        get = getattr
+        if name == "command":
+            verb = get(ev, "verb", None) or "UNKNOWN"
+            args = get(ev, "args", None) or b""
+            if verb == "AUTH":
+                self._auth = True
+                return [" ".join(t for t in ("AUTH", escape(args), AUTH_REDACTED) if t)]
+            self._auth = False
+            cut = " [line cut]" if get(ev, "truncated", False) else ""
+            if verb == "UNKNOWN":
+                return [escape(args) + cut]
+            return [(f"{verb} {escape(args)}" if args else verb) + cut]
+        if name in ("reply", "banner"):
+            code = get(ev, "code", None)
+            text = get(ev, "text", None) or b""
+            if self._auth and code == 334:
+                return [f"{code} {AUTH_REDACTED}"]
+            if name == "reply" and get(ev, "command", None) != "AUTH":
+                self._auth = False
+            parts = text.split(b"\n") if isinstance(text, bytes) else [text]
+            out = []
+            for i, part in enumerate(parts):
+                mark = " " if i == len(parts) - 1 else "-"
+                out.append(f"{code}{mark}{escape(part)}".rstrip())
+            if get(ev, "truncated", False):
+                out[-1] += " [line cut]"
+            return out
+        if name == "auth_result":
+            self._auth = False
+            fields = {"mechanism": get(ev, "mechanism", None),
+                      "result": get(ev, "result", None), "user": get(ev, "user", None),
+                      "code": get(ev, "code", None)}
+            return [f"{AUTH_REDACTED} {_pairs(fields)}"]
+        if name == "data_start":
+            return []
+        if name == "data_end":
+            summary = [f"body: {get(ev, 'size', None)} bytes", f"{get(ev, 'lines', None)} lines"]
+            for key in _BODY_KEYS:
+                value = get(ev, key, None)
+                if value is not None:
+                    summary.append(f"{_BODY_NAMES.get(key, key)}={_value(value)}")
+            return ["[" + ", ".join(summary) + "]"]
+        if name == "tls_client_hello":
+            fields = {"sni": get(ev, "sni", None), "versions": get(ev, "versions", None),
+                      "alpn": get(ev, "alpn", None), "ciphers": get(ev, "cipher_count", None)}
+            return [f"[tls client_hello {_pairs(fields)}]"]
+        if name == "tls_server_hello":
+            fields = {"version": get(ev, "version", None), "cipher": get(ev, "cipher", None),
+                      "hello_retry": get(ev, "hello_retry", None) or None}
+            return [f"[tls server_hello {_pairs(fields)}]"]
+        if name == "tls_alert":
+            if get(ev, "encrypted", False):
+                return ["[tls alert encrypted]"]
+            level = _value(get(ev, "level", None) or "unknown")
+            desc = _value(get(ev, "description", None) or get(ev, "code", None) or "unknown")
+            return [f"[tls alert {level} {desc}]"]
+        fields_fn = getattr(ev, "fields", None)
+        fields = fields_fn() if callable(fields_fn) else {}
+        pairs = _pairs(fields)
+        return [f"[{escape(str(name))} {pairs}]" if pairs else f"[{escape(str(name))}]"]
+
+    # -- public API ---------------------------------------------------
+
+    def event(self, direction: str, ev: object) -> None:
+        """Record one observer event seen in ``direction`` ("<" or ">")."""
+        if self._done or self.error is not None:
+            return
+        try:
+            texts = self.format(ev)
+        except Exception as exc:  # never let a malformed event disturb the session
+            texts = [f"[capture_format_error {escape(type(exc).__name__)}]"]
+        if not texts:
+            return
+        stamp = timestamp(self.clock())
+        arrow = ">" if direction == ">" else "<"
+        for text in texts:
+            self._add(f"{stamp} {self.pid} {arrow} {text}\n".encode("ascii"), stamp, arrow)
+
+    def finish(self, verdict: str) -> str | None:
+        """Keep (path) or drop (None) the transcript according to ``verdict``."""
+        if self._done:
+            return self.path
+        self._done = True
+        if self.error is not None:
+            self._discard()
+            return None
+        if self.when is not None and verdict not in self.when:
+            self._discard()
+            return None
+        try:
+            self._flush()
+            assert self._fd is not None and self._tmp is not None
+            os.close(self._fd)
+            self._fd = None
+            name = f"{timestamp(self.started, '', '', 'T')}-{filename_safe(self.remote)}" \
+                   f"-{self.pid}.txt"
+            path = os.path.join(self.directory, name)
+            os.rename(self._tmp, path)
+            self._tmp = None
+            self.path = path
+            return path
+        except OSError as exc:
+            self._fail(exc)
+            self._discard()
+            return None
+
+    # -- internals ----------------------------------------------------
+
+    def _add(self, line: bytes, stamp: str, arrow: str) -> None:
+        if self._truncated:
+            return
+        if self._total + len(line) > self.max_bytes:
+            self._truncated = True
+            line = f"{stamp} {self.pid} {arrow} {TRUNCATED}\n".encode("ascii")
+        self._total += len(line)
+        self._buffer.append(line)
+        self._buffered += len(line)
+        if self._buffered > SPILL_BYTES:
+            try:
+                self._flush()
+            except OSError as exc:
+                self._fail(exc)
+                self._discard()
+
+    def _open(self) -> None:
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            pass
+        fd, self._tmp = tempfile.mkstemp(prefix=f".tmp-{self.pid}-", dir=self.directory)
+        self._fd = fd
+        os.fchmod(fd, 0o600)
+
+    def _flush(self) -> None:
+        if self._fd is None:
+            self._open()
+        assert self._fd is not None
+        data = memoryview(b"".join(self._buffer))
+        self._buffer = []
+        self._buffered = 0
+        while data:
+            n = os.write(self._fd, data)
+            data = data[n:]
+
+    def _fail(self, exc: OSError) -> None:
+        reason = exc.strerror or type(exc).__name__
+        code = f"errno={exc.errno} " if exc.errno is not None else ""
+        self.error = f"{code}{reason}"[:200]
+
+    def _discard(self) -> None:
+        self._buffer = []
+        self._buffered = 0
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
