@@ -258,9 +258,22 @@ def _check_tls_events(evs: list[dict[str, str]], transcript: str, implicit: bool
 
 def test_observer_real_starttls_tls13(tcpserver, wrapper, need, tmp_path, cert):
     """swaks --tls: starttls, SNI, TLSv1.3 version and cipher as swaks reports, no SMTP after."""
+    capture = tmp_path / "capture"
     transcript, log, spool = _tls_session(tcpserver, wrapper, need, tmp_path, cert, "starttls",
-                                          "--tls", "--tls-sni", "mx.example.test")
+                                          "--tls", "--tls-sni", "mx.example.test",
+                                          events_opt=("--events", "all", "--capture",
+                                                      str(capture)))
     assert _tls_started(transcript)[0] == "TLSv1.3"
+    # --capture: TLS as summaries only, no binary byte, no body; the mail went through exactly
+    (kept,) = capture.iterdir()
+    text = kept.read_bytes()
+    assert all(b == 10 or 0x20 <= b < 0x7F for b in text), text
+    assert b"[tls client_hello sni=mx.example.test" in text
+    version, cipher = _tls_started(transcript)
+    assert f"[tls server_hello version={version} cipher={cipher}".encode() in text
+    assert b" < STARTTLS" in text and b" > 220 " in text
+    assert BODY_TOKEN.encode() not in text
+    _check_stored(transcript, spool)
     evs = _session(log)
     assert BODY_TOKEN not in log
     commands, replies = _commands_and_replies(evs)
@@ -401,8 +414,9 @@ def test_observer_real_auth_result_redacted(tcpserver, wrapper, need, tmp_path, 
     """swaks --auth: auth_result names mechanism, user and result; no credential in any line."""
     swaks = need("swaks")
     env, spool = _child_env(tmp_path, cert, "none", auth=True)
-    server = tcpserver([*wrapper, "--events", "all", "--", *child_argv("aiosmtpd_tls_child.py")],
-                       env=env)
+    capture = tmp_path / "capture"
+    server = tcpserver([*wrapper, "--events", "all", "--capture", str(capture), "--",
+                        *child_argv("aiosmtpd_tls_child.py")], env=env)
     password = PASSWORD if good else PASSWORD + "-wrong"
     run = _swaks(swaks, server.port, "--auth", mechanism, "--auth-user", USER,
                  "--auth-password", password)
@@ -427,6 +441,9 @@ def test_observer_real_auth_result_redacted(tcpserver, wrapper, need, tmp_path, 
     auth = [e for e in evs if e["event"] == "command" and e["verb"] == "AUTH"]
     assert [e["args"] for e in auth] == [mechanism]
 
+    (kept,) = capture.iterdir()
+    captured = kept.read_text()
+    assert f"[auth redacted] mechanism={mechanism}" in captured
     for secret in _secrets(mechanism, password, sent):
-        for line in log.splitlines():
+        for line in log.splitlines() + captured.splitlines():
             assert secret not in line, f"{secret!r} leaked in {line!r}"
