@@ -114,13 +114,14 @@ def _tls_started(transcript: str) -> tuple[str, str]:
     return m[1], m[2]
 
 
-def _exim_session(tcpserver, wrapper, need, *swaks_args: str) -> tuple[str, str]:
+def _exim_session(tcpserver, wrapper, need, *swaks_args: str,
+                  opts: tuple[str, ...] = ()) -> tuple[str, str]:
     """One swaks delivery through the wrapper to ``exim -bs -odq``; (transcript, log).
 
     The queued message is removed again, whatever happens.
     """
     swaks, exim = need("swaks"), need("exim")
-    server = tcpserver([*wrapper, "--events", "all", "--", exim, "-bs", "-odq"])
+    server = tcpserver([*wrapper, "--events", "all", *opts, "--", exim, "-bs", "-odq"])
     run = _swaks(swaks, server.port, *swaks_args)
     queued = re.search(r"^<-  250 OK id=(\S+)", run.stdout, re.M)
     try:
@@ -156,9 +157,16 @@ def _check_data_end(evs: list[dict[str, str]], wire_lines: list[str]) -> None:
         assert end[counter] == "0", end
 
 
-def test_observer_real_exim_session_events(tcpserver, wrapper, need):
+def test_observer_real_exim_session_events(tcpserver, wrapper, need, tmp_path):
     """swaks to exim -bs: banner, capabilities, every command answered, exact data_end."""
-    transcript, log = _exim_session(tcpserver, wrapper, need)
+    capture = tmp_path / "capture"
+    transcript, log = _exim_session(tcpserver, wrapper, need,
+                                    opts=("--capture", str(capture)))
+    # the capture of the same session: commands and replies, the body as a summary only
+    (kept,) = capture.iterdir()
+    captured = kept.read_text()
+    assert " < MAIL FROM:" in captured and " > 250 OK id=" in captured
+    assert "[body: " in captured and BODY_TOKEN not in captured
     evs = _session(log)
     assert not _anomalies(evs), log
     assert BODY_TOKEN not in log
