@@ -35,6 +35,7 @@ from .output import escape
 
 __all__ = ["BODY_MODES", "SPILL_BYTES", "TRUNCATED", "Capture", "filename_safe", "timestamp"]
 
+MAX_BODY_LINE = 2048  # a captured body line is cut here
 SPILL_BYTES = 64 * 1024
 BODY_MODES = ("none", "headers", "full")
 TRUNCATED = "[truncated]"
@@ -105,8 +106,11 @@ class Capture:
         self.remote = remote
         self.when = when
         self.max_bytes = max_bytes
-        # Bodies never reach events, so every mode records the summary only.
+        # Bodies never reach events: with body=headers|full the session also
+        # hands us the raw DATA bytes (body_data); "none" keeps the summary only.
         self.body = body
+        self._body_line = bytearray()  # a body line not yet ended
+        self._body_on = True  # headers mode: off after the empty line
         self.clock = clock
         self.error: str | None = None
         self.path: str | None = None
@@ -202,6 +206,36 @@ class Capture:
         arrow = ">" if direction == ">" else "<"
         for text in texts:
             self._add(f"{stamp} {self.pid} {arrow} {text}\n".encode("ascii"), stamp, arrow)
+
+    def body_data(self, data: bytes) -> None:
+        """Raw DATA body bytes from the client (``--capture-body headers|full``).
+
+        Written as ``PID < line`` lines, escaped, up to the client's end of
+        data; ``headers`` stops at the first empty line.  The end-of-data
+        summary line still comes from the DataEnd event.
+        """
+        if self.body == "none" or self._done or self.error is not None:
+            return
+        line = self._body_line
+        start = 0
+        while start < len(data):
+            nl = data.find(b"\n", start)
+            stop = len(data) if nl < 0 else nl + 1
+            if len(line) < MAX_BODY_LINE:
+                line += data[start:stop][: MAX_BODY_LINE - len(line)]
+            start = stop
+            if nl < 0:
+                break
+            text = bytes(line).rstrip(b"\r\n")
+            line.clear()
+            if text == b".":  # the client's end of data: the next message starts fresh
+                self._body_on = True
+                return
+            if self._body_on:
+                stamp = timestamp(self.clock())
+                self._add(f"{stamp} {self.pid} < {escape(text)}\n".encode("ascii"), stamp, "<")
+            if not text and self.body == "headers":
+                self._body_on = False
 
     def finish(self, verdict: str) -> str | None:
         """Keep (path) or drop (None) the transcript according to ``verdict``."""

@@ -49,6 +49,9 @@ options:
   --capture-when LIST    always (default) or verdicts (bare_lf,server_crashed)
   --capture-remote NETS  only for these peers (CIDR list)
   --capture-max-bytes N  bound per transcript (default 1 MiB)
+  --capture-body none|headers|full
+                         keep the message: none (default: size and anomaly
+                         summary only), its headers, or all of it
   --subreaper            become a child subreaper: reap the queue program
                          when qmail-smtpd dies first and report its exit
                          (hides the parent death from qmail-scanner's
@@ -66,10 +69,12 @@ exit: 100 usage, 111 cannot start prog, else prog's own status.
 """
 
 _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
-            "--events": ("anomalies", "all", "none"), "--bare-lf": ("observe", "fix")}
+            "--events": ("anomalies", "all", "none"), "--bare-lf": ("observe", "fix"),
+            "--capture-body": ("none", "headers", "full")}
 _VALUED = ("--stderr", "--format", "--linger", "--events", "--bare-lf", "--alert-exec",
            "--alert-on", "--alert-rate", "--state-dir", "--idle-timeout", "--max-session",
-           "--capture", "--capture-when", "--capture-remote", "--capture-max-bytes")
+           "--capture", "--capture-when", "--capture-remote", "--capture-max-bytes",
+           "--capture-body")
 _SECONDS = ("--linger", "--idle-timeout", "--max-session")
 _FLAGS = ("--subreaper",)
 
@@ -140,7 +145,7 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
     for name in ("alert-on", "alert-rate"):
         if name in opts and "alert-exec" not in opts:
             raise UsageError(f"--{name} needs --alert-exec")
-    for name in ("capture-when", "capture-remote", "capture-max-bytes"):
+    for name in ("capture-when", "capture-remote", "capture-max-bytes", "capture-body"):
         if name in opts and "capture" not in opts:
             raise UsageError(f"--{name} needs --capture")
     if "alert-rate" in opts and "state-dir" not in opts:
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         capture_when=opts.get("capture-when", "always"),
         capture_remote=opts.get("capture-remote"),
         capture_max_bytes=int(opts.get("capture-max-bytes", str(1 << 20))),
+        capture_body=opts.get("capture-body", "none"),
     )
     try:
         status = session.run(options, prog)

@@ -36,7 +36,8 @@ class Options:
 
     __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
                  "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper",
-                 "bare_lf", "capture", "capture_when", "capture_remote", "capture_max_bytes")
+                 "bare_lf", "capture", "capture_when", "capture_remote", "capture_max_bytes",
+                 "capture_body")
 
     def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
                  linger_s: float = 1.0, events: str = "anomalies",
@@ -45,7 +46,8 @@ class Options:
                  idle_timeout_s: float = 0.0, max_session_s: float = 0.0,
                  subreaper: bool = False, bare_lf: str = "observe",
                  capture: str | None = None, capture_when: str = "always",
-                 capture_remote: str | None = None, capture_max_bytes: int = 1 << 20) -> None:
+                 capture_remote: str | None = None, capture_max_bytes: int = 1 << 20,
+                 capture_body: str = "none") -> None:
         self.stderr_mode = stderr_mode
         self.format = format
         self.linger_s = linger_s
@@ -62,6 +64,7 @@ class Options:
         self.capture_when = capture_when  # "always" or a comma list of verdicts
         self.capture_remote = capture_remote  # comma list of networks, or None
         self.capture_max_bytes = capture_max_bytes
+        self.capture_body = capture_body  # none | headers | full
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
@@ -152,6 +155,10 @@ class ObserverTap:
     def client_data(self, data: bytes) -> None:
         if not data:
             self.client_eof = True
+        capture = self.capture
+        if capture is not None and capture.body != "none" and (
+                self.observer.stage == "data_body"):
+            capture.body_data(data)  # --capture-body: bytes of the message itself
         events = self.observer.feed_client(data)
         if events:
             self._log(events)
@@ -204,7 +211,7 @@ def _make_capture(opts: Options, base: dict[str, object]) -> Any:
 
     when = None if opts.capture_when == "always" else frozenset(opts.capture_when.split(","))
     return Capture(opts.capture, int(str(base["pid"])), str(remote) if remote else None,
-                   when, max_bytes=opts.capture_max_bytes)
+                   when, max_bytes=opts.capture_max_bytes, body=opts.capture_body)
 
 
 def _make_tap(opts: Options, emit: Callable[..., None], facts: Facts) -> ObserverTap:

@@ -61,3 +61,20 @@ def test_capture_error_never_costs_the_mail(tcpserver, wrapper, tmp_path):
     errors = [e for e in events(server.log()) if e["event"] == "capture_error"]
     assert len(errors) == 1
     assert not os.path.exists(blocker / "capture")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["none", "headers", "full"])
+def test_capture_body_modes(tcpserver, wrapper, tmp_path, mode):
+    """--capture-body: none keeps the summary, headers stops at the empty line, full keeps all."""
+    cap = tmp_path / "capture"
+    server = tcpserver([*wrapper, "--capture", str(cap), "--capture-body", mode, "--",
+                        str(FAKES / "fake-qmail-smtpd")], env=_env(tmp_path))
+    assert _send(server.port, GOOD)[0].startswith(b"250 ok ")
+    _summaries(server, 1)
+    (kept,) = cap.iterdir()
+    text = kept.read_text()
+    assert "[body: " in text
+    assert ("< Subject: fine" in text) == (mode != "none")
+    assert ("< secret body text" in text) == (mode == "full")
+    assert "< QUIT" in text  # after the body, commands again
