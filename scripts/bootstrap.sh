@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-APT_PACKAGES="ucspi-tcp swaks exim4-daemon-light daemontools runit s6 gcc python3-venv procps groff-base openssl"
+APT_PACKAGES="ucspi-tcp swaks libnet-ssleay-perl libio-socket-ssl-perl exim4-daemon-light daemontools runit s6 gcc python3-venv procps groff-base openssl"
 
 missing=
 for p in $APT_PACKAGES; do
