@@ -12,70 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
-
-
-def build_sink() -> Path:
-    """Compile the C responder once (rebuilt when the source is newer)."""
-    src = HERE / "smtp_sink.c"
-    exe = BUILD / "smtp_sink"
-    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-        BUILD.mkdir(exist_ok=True)
-        cc = os.environ.get("CC", "cc")
-        subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True)
-    return exe
-
-
-def wrapper_command() -> list[str]:
-    """The installed console script next to this Python, else -m."""
-    script = Path(sys.executable).parent / "supervise-smtp"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "supervise_smtp"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """tcpserver on 127.0.0.1 running argv per connection; logs discarded."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["tcpserver", "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *argv],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"tcpserver did not start: {argv}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(5)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Server, build_sink, machine, wrapper_command  # noqa: E402
 
 
 def banner_ms(port: int) -> float:
@@ -136,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "bench": "banner_latency", "rows": rows, "added_p50_ms": added,
-            "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                        "cpus": os.cpu_count()},
+            "machine": machine(),
         }, indent=2) + "\n")
     return 0
 

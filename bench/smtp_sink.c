@@ -5,7 +5,11 @@
  * It answers the banner, EHLO/HELO, MAIL, RCPT, RSET, NOOP, DATA (354, then
  * swallows the body up to "\r\n.\r\n" in large reads) and QUIT (221, exit 0).
  * Client EOF: exit 1, as qmail-smtpd does.
+ *
+ * "smtp_sink raw" is the raw-stream sink instead: no banner, it reads to
+ * EOF in large reads, answers "done N" with the byte count, and exits 0.
  */
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -51,8 +55,23 @@ static void body(void) {
   }
 }
 
-int main(void) {
+static int raw(void) {
+  unsigned long long total = 0;
+  char msg[64];
+  for (;;) {
+    ssize_t r = read(0, buf, sizeof buf);
+    if (r < 0) return 1;
+    if (r == 0) break;
+    total += (unsigned long long)r;
+  }
+  snprintf(msg, sizeof msg, "done %llu\r\n", total);
+  out(msg);
+  return 0;
+}
+
+int main(int argc, char **argv) {
   char line[1024];
+  if (argc > 1 && !strcmp(argv[1], "raw")) return raw();
   out("220 bench.example ESMTP\r\n");
   for (;;) {
     size_t n = getline_(line, sizeof line - 1);

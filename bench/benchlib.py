@@ -1,0 +1,196 @@
+"""What the benchmarks share: the C helpers, tcpserver chains, SMTP clients.
+
+Every client here is deliberately plain (blocking sockets, large sendall
+slices, bytes prebuilt outside the timed part) so that the client costs the
+same for every chain it is measured against.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+LINE = b"The quick brown fox jumps over the lazy dog, 0123456789 abcdefghijklmnopqrst\r\n"
+assert len(LINE) == 78
+
+
+def build(name: str, *flags: str) -> Path:
+    """Compile bench/NAME.c once (again when the source is newer)."""
+    src = HERE / f"{name}.c"
+    exe = BUILD / name
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        BUILD.mkdir(exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-o", str(exe), str(src), *flags], check=True)
+    return exe
+
+
+def build_sink() -> Path:
+    return build("smtp_sink")
+
+
+def wrapper_command() -> list[str]:
+    """The installed launcher next to this Python, else -m."""
+    script = Path(sys.executable).parent / "supervise-smtp"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "supervise_smtp"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """tcpserver on 127.0.0.1 running argv per connection; logs discarded.
+
+    ``stop()`` returns the rusage of tcpserver and of every session process
+    it reaped (Linux wait4 reports both), which is how CPU per connection of
+    a whole chain is measured.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["tcpserver", "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"tcpserver did not start: {argv}")
+
+    def session_pid(self, client_port: int) -> int | None:
+        """The session process (tcpserver's child) serving our client port."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        want = f"TCPREMOTEPORT={client_port}".encode()
+        for child in children:
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if want in env:
+                return int(child)
+        return None
+
+    def stop(self) -> resource.struct_rusage | None:
+        if self.proc.returncode is not None:
+            return None
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return usage
+
+
+def vm_hwm_kib(pid: int | None) -> int | None:
+    """Peak resident set of a live process, from /proc (VmHWM)."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Client:
+    """A blocking SMTP client that reads whole replies."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    @property
+    def local_port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def reply(self) -> bytes:
+        """One whole (possibly multiline) reply; raises on EOF."""
+        while True:
+            start = 0
+            while True:
+                end = self.buf.find(b"\n", start)
+                if end < 0:
+                    break
+                line = self.buf[start:end + 1]
+                start = end + 1
+                if len(line) < 4 or line[3:4] != b"-":
+                    out, self.buf = self.buf[:start], self.buf[start:]
+                    return out
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"EOF waiting for a reply after {self.buf[-200:]!r}")
+            self.buf += data
+
+    def command(self, line: bytes, expect: bytes) -> bytes:
+        self.sock.sendall(line)
+        got = self.reply()
+        if not got.startswith(expect):
+            raise RuntimeError(f"{line!r} -> {got!r}")
+        return got
+
+    def envelope(self, recipients: int = 1) -> None:
+        self.command(b"EHLO bench.example\r\n", b"250")
+        self.command(b"MAIL FROM:<a@bench.example>\r\n", b"250")
+        for i in range(recipients):
+            self.command(b"RCPT TO:<r%d@bench.example>\r\n" % i, b"250")
+
+    def quit(self) -> None:
+        self.command(b"QUIT\r\n", b"221")
+        while self.sock.recv(65536):
+            pass
+        self.sock.close()
+
+
+def body(size: int) -> bytes:
+    """size bytes (rounded up to whole lines) of 78-byte CRLF lines."""
+    return LINE * max(1, -(-size // len(LINE)))
+
+
+def send_all(sock: socket.socket, data: bytes, slice_bytes: int = 1 << 20) -> None:
+    view = memoryview(data)
+    for i in range(0, len(view), slice_bytes):
+        sock.sendall(view[i:i + slice_bytes])
+
+
+def machine() -> dict[str, object]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpus": os.cpu_count(), "cpu_model": model, "hostname": platform.node(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,471 @@
+"""The benchmark suite: supervise-smtp side by side with direct and recordio.
+
+    python3 bench/suite.py [--quick] [--reps N] [--out DIR] [--only METRIC,...]
+
+Every chain is tcpserver on 127.0.0.1 in front of the same C responder
+(bench/smtp_sink.c): ``direct`` (tcpserver -> sink), ``recordio``
+(tcpserver -> recordio -> sink) and supervise-smtp in observe mode, with
+``--capture DIR`` (every connection kept) and with ``--bare-lf fix``.  All
+chains are up at once and measured interleaved, in a rotating order, several
+repetitions; the result is the ratio to direct and to recordio in the same
+run (min and median over the repetitions are both kept in the JSON).  Logs
+of every chain go to /dev/null, which flatters recordio most.
+
+The table is printed and every figure is written to
+bench/results/<time>-<mode>.json with the machine's details.  ``--quick``
+runs each case a handful of times with small sizes: the test suite uses it to
+check that the suite still works, never to assert a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (  # noqa: E402
+    HERE,
+    Client,
+    Server,
+    body,
+    build,
+    build_sink,
+    machine,
+    send_all,
+    vm_hwm_kib,
+    wrapper_command,
+)
+
+WRAPPER = "supervise-smtp"
+MB = 1_000_000
+
+
+class Sizes:
+    """How much each case does; --quick shrinks everything."""
+
+    def __init__(self, quick: bool) -> None:
+        self.reps = 1 if quick else 3
+        self.banner_n = 5 if quick else 60
+        self.session_n = 3 if quick else 20
+        self.cpu_n = 3 if quick else 40
+        self.rate_clients = (1, 4) if quick else (1, 4, 16)
+        self.rate_seconds = 0.25 if quick else 2.0
+        self.raw_bytes = 2 * MB if quick else 100 * MB
+        self.data_bytes = 2 * MB if quick else 100 * MB
+        self.recipients = (1, 10) if quick else (1, 10, 100, 1000)
+        self.message_sizes = (1000, 100_000) if quick else (1000, MB, 100 * MB)
+        self.observer_mb = 2 if quick else 100
+
+
+def chains(sink: str, capture_dir: Path) -> dict[str, list[str]]:
+    wrapper = wrapper_command()
+    return {
+        "direct": [],
+        "recordio": ["recordio"],
+        WRAPPER: [*wrapper, "--"],
+        f"{WRAPPER} --capture": [*wrapper, "--capture", str(capture_dir), "--"],
+        f"{WRAPPER} --bare-lf fix": [*wrapper, "--bare-lf", "fix", "--"],
+    }
+
+
+# --- one measurement each; every function returns a number ----------------
+
+
+def banner_ms(srv: Server) -> float:
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        if not s.recv(1):
+            raise RuntimeError("no banner")
+        t1 = time.perf_counter()
+        s.sendall(b"QUIT\r\n")
+        while s.recv(4096):
+            pass
+    return (t1 - t0) * 1000
+
+
+def session_ms(srv: Server, recipients: int = 1, message: bytes = b"") -> float:
+    """A whole small-message session, connect to the end of the 221."""
+    message = message or body(1000)
+    t0 = time.perf_counter()
+    c = Client(srv.port)
+    c.reply()
+    c.envelope(recipients)
+    c.command(b"DATA\r\n", b"354")
+    c.sock.sendall(message + b".\r\n")
+    if not c.reply().startswith(b"250"):
+        raise RuntimeError("message not accepted")
+    c.quit()
+    return (time.perf_counter() - t0) * 1000
+
+
+def data_transfer(srv: Server, message: bytes) -> tuple[float, int | None]:
+    """MB/s of one DATA body, from its first byte to the 250; and session RSS."""
+    c = Client(srv.port)
+    c.reply()
+    c.envelope()
+    c.command(b"DATA\r\n", b"354")
+    t0 = time.perf_counter()
+    send_all(c.sock, message)
+    c.sock.sendall(b".\r\n")
+    if not c.reply().startswith(b"250"):
+        raise RuntimeError("message not accepted")
+    elapsed = time.perf_counter() - t0
+    rss = vm_hwm_kib(srv.session_pid(c.local_port))
+    c.quit()
+    return len(message) / elapsed / MB, rss
+
+
+def recipients_case(srv: Server, recipients: int) -> tuple[float, int | None]:
+    """Session latency and session-process RSS with many recipients."""
+    t0 = time.perf_counter()
+    c = Client(srv.port)
+    c.reply()
+    c.envelope(recipients)
+    c.command(b"DATA\r\n", b"354")
+    c.sock.sendall(body(1000) + b".\r\n")
+    if not c.reply().startswith(b"250"):
+        raise RuntimeError("message not accepted")
+    rss = vm_hwm_kib(srv.session_pid(c.local_port))
+    c.quit()
+    return (time.perf_counter() - t0) * 1000, rss
+
+
+def raw_transfer(srv: Server, payload: bytes) -> float:
+    """MB/s of a raw stream: all of it in, half-close, the sink's count back."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as s:
+        send_all(s, payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+    elapsed = time.perf_counter() - t0
+    if got != b"done %d\r\n" % len(payload):
+        raise RuntimeError(f"raw stream: sink answered {got!r}")
+    return len(payload) / elapsed / MB
+
+
+def conn_rate(blast: str, srv: Server, clients: int, seconds: float) -> float:
+    out = subprocess.run([blast, str(srv.port), str(clients), str(seconds)],
+                         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    fields = dict(kv.split("=") for kv in out.split())
+    if int(fields["failures"]):
+        raise RuntimeError(f"conn/s: {fields['failures']} sessions failed")
+    return int(fields["sessions"]) / float(fields["seconds"])
+
+
+def cpu_ms_per_session(argv: list[str], n: int) -> float:
+    """User+sys CPU of the whole chain (tcpserver and all it reaped) per session."""
+    srv = Server(argv)
+    try:
+        for _ in range(n):
+            session_ms(srv)
+        time.sleep(0.3)  # let tcpserver reap the last session
+    finally:
+        usage = srv.stop()
+    assert usage is not None
+    return (usage.ru_utime + usage.ru_stime) * 1000 / (n + 1)  # +1: the start-up probe
+
+
+def observer_alone(megabytes: int) -> float:
+    """MB/s of the sans-IO observer fed a clean DATA body in 256 KiB chunks."""
+    sys.path.insert(0, str(HERE.parent))
+    from supervise_smtp.observer import Observer
+
+    data = body(megabytes * MB)
+    chunks = [data[i:i + 262144] for i in range(0, len(data), 262144)]
+    obs = Observer()
+    for side, text in (("S", b"220 mx ESMTP\r\n"), ("C", b"EHLO x\r\n"),
+                       ("S", b"250-mx\r\n250 PIPELINING\r\n"), ("C", b"MAIL FROM:<a@b>\r\n"),
+                       ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<c@d>\r\n"), ("S", b"250 ok\r\n"),
+                       ("C", b"DATA\r\n"), ("S", b"354 go\r\n")):
+        (obs.feed_client if side == "C" else obs.feed_server)(text)
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        obs.feed_client(chunk)
+    obs.feed_client(b".\r\n")
+    return len(data) / (time.perf_counter() - t0) / MB
+
+
+# --- the run ----------------------------------------------------------------
+
+
+def stats(values: list[float]) -> dict[str, float | int]:
+    return {"min": min(values), "median": statistics.median(values),
+            "max": max(values), "n": len(values)}
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class Run:
+    def __init__(self, sizes: Sizes, only: set[str] | None) -> None:
+        self.sizes = sizes
+        self.only = only
+        self.results: dict[str, dict[str, object]] = {}
+
+    def wanted(self, metric: str) -> bool:
+        return self.only is None or metric in self.only
+
+    def record(self, metric: str, chain: str, key: str, value: object) -> None:
+        self.results.setdefault(metric, {}).setdefault(chain, {})[key] = value  # type: ignore[index]
+
+    def interleaved(self, names: list[str], reps: int,
+                    one: Callable[[str], list[float]]) -> dict[str, list[float]]:
+        """Run one(chain) for every chain, reps times, in a rotating order."""
+        got: dict[str, list[float]] = {name: [] for name in names}
+        for rep in range(reps):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            for name in order:
+                got[name].extend(one(name))
+        return got
+
+
+def run(sizes: Sizes, only: set[str] | None) -> dict[str, object]:
+    sink = str(build_sink())
+    blast = str(build("smtp_blast", "-pthread"))
+    r = Run(sizes, only)
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as capture_dir:
+        cmds = chains(sink, Path(capture_dir))
+        names = list(cmds)
+        smtp = {name: Server([*cmd, sink]) for name, cmd in cmds.items()}
+        raw = {name: Server([*cmd, sink, "raw"]) for name, cmd in cmds.items()}
+        try:
+            for srv in smtp.values():  # warm-up: page cache, byte code
+                for _ in range(3):
+                    session_ms(srv)
+            measure(r, names, smtp, raw, cmds, sink, blast)
+        finally:
+            for srv in [*smtp.values(), *raw.values()]:
+                srv.stop()
+    return r.results
+
+
+def measure(r: Run, names: list[str], smtp: dict[str, Server], raw: dict[str, Server],
+            cmds: dict[str, list[str]], sink: str, blast: str) -> None:
+    sz = r.sizes
+    if r.wanted("banner"):
+        got = r.interleaved(names, sz.reps,
+                            lambda n: [banner_ms(smtp[n]) for _ in range(sz.banner_n)])
+        for name, v in got.items():
+            r.record("banner", name, "p50_ms", statistics.median(v))
+            r.record("banner", name, "p95_ms", pct(v, 95))
+    if r.wanted("session"):
+        got = r.interleaved(names, sz.reps,
+                            lambda n: [session_ms(smtp[n]) for _ in range(sz.session_n)])
+        for name, v in got.items():
+            r.record("session", name, "p50_ms", statistics.median(v))
+            r.record("session", name, "p95_ms", pct(v, 95))
+    if r.wanted("conn_rate"):
+        for clients in sz.rate_clients:
+            got = r.interleaved(names, sz.reps,
+                                lambda n, c=clients: [conn_rate(blast, smtp[n], c,
+                                                                sz.rate_seconds)])
+            for name, v in got.items():
+                r.record("conn_rate", name, f"N={clients}", stats(v))
+    if r.wanted("raw"):
+        payload = bytes(range(256)) * (sz.raw_bytes // 256)
+        got = r.interleaved(names, sz.reps, lambda n: [raw_transfer(raw[n], payload)])
+        for name, v in got.items():
+            r.record("raw", name, "mb_s", stats(v))
+    if r.wanted("data") or r.wanted("rss"):
+        message = body(sz.data_bytes)
+        rss: dict[str, list[float]] = {name: [] for name in names}
+
+        def one(name: str) -> list[float]:
+            mbs, kib = data_transfer(smtp[name], message)
+            if kib is not None:
+                rss[name].append(kib / 1024)
+            return [mbs]
+
+        got = r.interleaved(names, sz.reps, one)
+        for name, v in got.items():
+            r.record("data", name, "mb_s", stats(v))
+            if rss[name]:
+                r.record("rss", name, "peak_mb", max(rss[name]))
+    if r.wanted("cpu"):
+        got = r.interleaved(names, sz.reps,
+                            lambda n: [cpu_ms_per_session([*cmds[n], sink], sz.cpu_n)])
+        for name, v in got.items():
+            r.record("cpu", name, "ms_per_session", stats(v))
+    scaled = ["direct", "recordio", WRAPPER]
+    if r.wanted("recipients"):
+        for count in sz.recipients:
+            rss_by: dict[str, list[float]] = {name: [] for name in scaled}
+
+            def rcpt(name: str, count: int = count,
+                     rss_by: dict[str, list[float]] = rss_by) -> list[float]:
+                ms, kib = recipients_case(smtp[name], count)
+                if kib is not None:
+                    rss_by[name].append(kib / 1024)
+                return [ms]
+
+            got = r.interleaved(scaled, sz.reps, rcpt)
+            for name, v in got.items():
+                r.record("recipients", name, f"{count}_ms", statistics.median(v))
+                if rss_by[name]:
+                    r.record("recipients", name, f"{count}_rss_mb", max(rss_by[name]))
+    if r.wanted("message_size"):
+        for size in sz.message_sizes:
+            message = body(size)
+            got = r.interleaved(scaled, sz.reps,
+                                lambda n, m=message: [data_transfer(smtp[n], m)[0]])
+            for name, v in got.items():
+                r.record("message_size", name, f"{size}_mb_s", statistics.median(v))
+    if r.wanted("observer"):
+        r.record("observer", "observer alone", "mb_s",
+                 stats([observer_alone(sz.observer_mb) for _ in range(sz.reps)]))
+
+
+METRICS = ("banner", "session", "conn_rate", "raw", "data", "rss", "cpu", "recipients",
+           "message_size", "observer")
+
+# --- the report -------------------------------------------------------------
+
+# metric, key, unit, higher is better
+TABLE = [
+    ("banner", "p50_ms", "banner p50 ms", False),
+    ("banner", "p95_ms", "banner p95 ms", False),
+    ("session", "p50_ms", "session p50 ms", False),
+    ("session", "p95_ms", "session p95 ms", False),
+    ("conn_rate", "N=1", "conn/s N=1", True),
+    ("conn_rate", "N=4", "conn/s N=4", True),
+    ("conn_rate", "N=16", "conn/s N=16", True),
+    ("raw", "mb_s", "raw MB/s", True),
+    ("data", "mb_s", "DATA MB/s", True),
+    ("cpu", "ms_per_session", "CPU ms/session", False),
+    ("rss", "peak_mb", "peak RSS MB", False),
+]
+
+
+def value(results: dict[str, object], metric: str, chain: str, key: str) -> float | None:
+    v = results.get(metric, {}).get(chain, {}).get(key)  # type: ignore[union-attr]
+    if isinstance(v, dict):
+        return float(v["median"])
+    return None if v is None else float(v)
+
+
+def ratios(results: dict[str, object]) -> dict[str, dict[str, float]]:
+    """supervise-smtp over direct and over recordio, for each table row."""
+    out: dict[str, dict[str, float]] = {}
+    for metric, key, label, _ in TABLE:
+        w = value(results, metric, WRAPPER, key)
+        for base in ("direct", "recordio"):
+            b = value(results, metric, base, key)
+            if w is not None and b:
+                out.setdefault(label, {})[f"vs_{base}"] = w / b
+    return out
+
+
+def budgets(results: dict[str, object]) -> list[tuple[str, float, str, bool]]:
+    """The budgets of DESIGN.md and issue 7, from this run's medians."""
+    out = []
+
+    def get(metric: str, chain: str, key: str) -> float | None:
+        return value(results, metric, chain, key)
+
+    w, d = get("banner", WRAPPER, "p50_ms"), get("banner", "direct", "p50_ms")
+    if w is not None and d is not None:
+        out.append(("banner added p50 (ms)", w - d, "<= 15", w - d <= 15))
+    w, d, rec = (get("raw", c, "mb_s") for c in (WRAPPER, "direct", "recordio"))
+    if w and rec:
+        out.append(("raw MB/s vs recordio", w / rec, ">= 10x", w / rec >= 10))
+    if w and d:
+        out.append(("raw MB/s vs direct", w / d, ">= 0.3x", w / d >= 0.3))
+    w = get("data", WRAPPER, "mb_s")
+    if w:
+        out.append(("DATA MB/s, observer on", w, ">= 300", w >= 300))
+    for key in ("N=1", "N=4", "N=16"):
+        w, rec = get("conn_rate", WRAPPER, key), get("conn_rate", "recordio", key)
+        if w and rec:
+            out.append((f"conn/s vs recordio {key}", w / rec, ">= 0.15x", w / rec >= 0.15))
+    w = get("rss", WRAPPER, "peak_mb")
+    if w:
+        out.append(("wrapper peak RSS (MB)", w, "<= 20", w <= 20))
+    return out
+
+
+def report(results: dict[str, object]) -> str:
+    names = [n for n in results.get("banner", results.get("data", {}))]  # type: ignore[union-attr]
+    if not names:
+        names = ["direct", "recordio", WRAPPER]
+    short = {n: n.replace(WRAPPER, "ss") for n in names}
+    lines = [f"{'':<16}" + "".join(f"{short[n]:>18}" for n in names)
+             + f"{'ss/direct':>11}{'ss/recordio':>12}"]
+    rat = ratios(results)
+    for metric, key, label, _ in TABLE:
+        cells = [value(results, metric, n, key) for n in names]
+        if all(c is None for c in cells):
+            continue
+        row = f"{label:<16}" + "".join(f"{'-' if c is None else f'{c:.2f}':>18}" for c in cells)
+        rr = rat.get(label, {})
+        nan = float("nan")
+        row += f"{rr.get('vs_direct', nan):>11.2f}{rr.get('vs_recordio', nan):>12.2f}"
+        lines.append(row)
+    lines.append("(ss = supervise-smtp; medians of the repetitions; ratios are ss over the base)")
+    for metric, label in (("recipients", "recipients"), ("message_size", "message size")):
+        rows = results.get(metric)
+        if not rows:
+            continue
+        lines.append(f"\n{label}:")
+        for chain, figures in rows.items():  # type: ignore[union-attr]
+            lines.append(f"  {chain:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in figures.items()))
+    obs = value(results, "observer", "observer alone", "mb_s")
+    if obs is not None:
+        lines.append(f"\nobserver alone: {obs:.0f} MB/s (clean DATA body, 256 KiB chunks)")
+    checks = budgets(results)
+    if checks:
+        lines.append("\nbudgets:")
+        for label, got, want, ok in checks:
+            lines.append(f"  {label:<28} {got:10.2f}  {want:<8} {'met' if ok else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds, small sizes")
+    ap.add_argument("--reps", type=int, help="repetitions of every case")
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="directory for the JSON")
+    ap.add_argument("--only", help="comma-separated metrics: " + ",".join(METRICS))
+    args = ap.parse_args(argv)
+    for tool in ("tcpserver", "recordio", "cc"):
+        if not shutil.which(tool):
+            print(f"suite: {tool} not found (sh scripts/bootstrap.sh installs it)", file=sys.stderr)
+            return 111
+    sizes = Sizes(args.quick)
+    if args.reps:
+        sizes.reps = args.reps
+    only = set(args.only.split(",")) if args.only else None
+    if only is not None and only - set(METRICS):
+        ap.error(f"unknown metric in --only: {','.join(sorted(only - set(METRICS)))}")
+    started = time.time()
+    results = run(sizes, only)
+    text = report(results)
+    print(text)
+    doc = {
+        "suite": "supervise-smtp bench", "mode": "quick" if args.quick else "full",
+        "machine": machine(), "seconds": round(time.time() - started, 1),
+        "sizes": vars(sizes), "results": results, "ratios": ratios(results),
+        "budgets": [{"name": n, "value": v, "target": t, "met": ok}
+                    for n, v, t, ok in budgets(results)],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{time.strftime('%Y%m%dT%H%M%S')}-{doc['mode']}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
