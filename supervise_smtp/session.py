@@ -96,6 +96,7 @@ _NOTED = frozenset({"reply", "peer_closed", "starttls", "tls_server_hello", "tls
 ANOMALY_EVENTS = frozenset({
     "bare_lf", "smuggling", "data_rejected", "line_too_long", "pipelining_violation",
     "early_talker", "starttls_injection", "malformed_reply", "tls_alert", "tls_not_tls",
+    "not_smtp",
 })
 
 
@@ -362,6 +363,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             facts.scanner_died_pid = facts.scanner_died_pid or queue[-1][0]
             out.emit("queue_parent_died", queue_pid=queue[-1][0], **facts.queue_reaped)
     status = reaped[0]
+    if tap.observer.state.not_smtp:
+        facts.notes.append("not_smtp")
     if relay.tap_error is not None:
         out.emit("observer_error", **_error_fields(relay.tap_error))
     out.emit("child_exit", child_pid=child.pid, **_exit_fields(status),

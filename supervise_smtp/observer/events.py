@@ -27,6 +27,7 @@ __all__ = [
     "NulByte",
     "PeerClosed",
     "PipeliningViolation",
+    "NotSmtp",
     "Reply",
     "Smuggling",
     "StartTLS",
@@ -217,6 +218,19 @@ class PipeliningViolation(Event):
 
     __slots__ = ("kind", "verb", "pending")
     NAME = "pipelining_violation"
+
+
+class NotSmtp(Event):
+    """The client is not speaking SMTP: ``unknown_lines`` unknown commands in a row.
+
+    HTTP sent to port 25, a port scanner, a binary stream.  From here on
+    neither direction is parsed, only counted, so that garbage costs no more
+    CPU than relaying it.  The limit follows Postfix's smtpd_hard_error_limit
+    (20): a real client does not send twenty unknown commands in a row.
+    """
+
+    __slots__ = ("unknown_lines",)
+    NAME = "not_smtp"
 
 
 class EarlyTalker(Event):

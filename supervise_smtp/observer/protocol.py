@@ -31,6 +31,7 @@ from .events import (
     Event,
     LineTooLong,
     MalformedReply,
+    NotSmtp,
     PeerClosed,
     PipeliningViolation,
     Reply,
@@ -80,6 +81,11 @@ _HOLD = 1
 _BODY = 2
 _BDAT = 3
 _TLS = 4
+_OPAQUE = 5  # not SMTP: bytes are counted, not parsed
+
+# Unknown commands in a row before the client is taken for not SMTP at all
+# (Postfix's smtpd_hard_error_limit default).
+NOT_SMTP_LINES = 20
 
 # Pseudo-verbs in the pending FIFO.
 _GREETING = "GREETING"
@@ -136,6 +142,7 @@ class Observer:
         self._server_seen = False
         self._banner_done = False
         self._too_long = {"client": 0, "server": 0}
+        self._unknown_run = 0
 
     @property
     def stage(self) -> str:
@@ -211,6 +218,8 @@ class Observer:
             elif mode == _HOLD:
                 self._hold_data(data[pos:] if pos else data, out)
                 pos = n
+            elif mode == _OPAQUE:
+                pos = n
             else:  # _TLS
                 out += self._tls.feed_client(data[pos:] if pos else data)
                 pos = n
@@ -223,6 +232,13 @@ class Observer:
         st = self.state
         verb, args = split_command(line)
         bump(st.sent, verb)
+        if verb != "UNKNOWN":
+            self._unknown_run = 0
+        else:
+            self._unknown_run += 1
+            if self._unknown_run >= NOT_SMTP_LINES:
+                self._not_smtp(out)
+                return
         pending = len(self._pending) - (self._pending[:1] == [_GREETING])
         if pending:
             self._check_pipelining(verb, pending, out)
@@ -273,6 +289,13 @@ class Observer:
         else:
             st.pending_dropped = _cap(st.pending_dropped + 1)
         st.pending = len(self._pending)
+
+    def _not_smtp(self, out: list[Event]) -> None:
+        """Stop parsing both directions: the client does not speak SMTP."""
+        self.state.not_smtp = True
+        self._cmode = _OPAQUE
+        self._pending.clear()
+        out.append(NotSmtp(unknown_lines=self._unknown_run))
 
     # One method per verb: what the command does to the FIFO, stage and modes.
 
@@ -445,6 +468,8 @@ class Observer:
         while pos < n:
             if self._server_tls:
                 out += self._tls.feed_server(data[pos:] if pos else data)
+                break
+            if self._cmode == _OPAQUE:
                 break
             line, pos, cut_now, truncated = self._sreader.next_line(data, pos)
             if cut_now:

@@ -149,7 +149,7 @@ class SessionState(_Record):
         "pipelining_violations", "early_talker", "starttls_injection",
         "lines_too_long", "pending", "pending_dropped", "unsolicited_replies",
         "malformed_replies", "client_bytes", "server_bytes", "client_closed",
-        "server_closed",
+        "server_closed", "not_smtp",
     )
 
     def __init__(self) -> None:
@@ -196,6 +196,8 @@ class SessionState(_Record):
         self.server_bytes = 0
         self.client_closed = False
         self.server_closed = False
+        # The client was taken for something other than SMTP (NotSmtp): not parsed.
+        self.not_smtp = False
 
 
 def bump(table: dict[str, int], key: str) -> None:

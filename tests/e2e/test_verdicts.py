@@ -581,3 +581,23 @@ def test_verdict_ok_quit_before_banner(tcpserver, wrapper, tmp_path):
     _check(summary, "QUIT", verdict="ok", quit=1, exit=0)
     assert status == 0
 
+
+
+def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path):
+    """HTTP and a binary blob: relayed whole, one not_smtp line, notes=not_smtp, stage kept."""
+    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
+    client = Client(server)
+    assert client.reply() == (220, BANNER.encode())
+    blob = b"GET / HTTP/1.1\r\nHost: mx\r\n" + b"X-Pad: 1\r\n" * 30 + bytes(range(256)) * 4096
+    client.sock.sendall(blob)
+    client.sock.shutdown(socket.SHUT_WR)
+    answers = recv_until_eof(client.sock)
+    client.close()
+    # the double answers every line it reads (one per LF) and exits on EOF
+    assert answers.count(b"502 unimplemented (#5.5.1)\r\n") == blob.count(b"\n")
+    summary, status, log = _finish(server)
+    _check(summary, "before QUIT", verdict="client_lost_after_banner", stage="banner",
+           notes="not_smtp", bytes_in=len(blob), exit=1)
+    [line] = [e for e in events(log) if e["event"] == "not_smtp"]
+    assert line["unknown_lines"] == "20"
+    assert status == 256

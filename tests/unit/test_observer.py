@@ -19,6 +19,7 @@ from supervise_smtp.observer.events import (
     EarlyTalker,
     LineTooLong,
     MalformedReply,
+    NotSmtp,
     PeerClosed,
     PipeliningViolation,
     Reply,
@@ -322,6 +323,7 @@ EVENT_KEYS = {
         "bare_lf_count bare_lf_first_line bare_cr_count nul_count"),
     "data_start": "message method",
     "early_talker": "",
+    "not_smtp": "unknown_lines",
     "line_too_long": "direction limit",
     "long_line": "message line offset",
     "malformed_reply": "text truncated",
@@ -342,3 +344,30 @@ def test_observer_event_names_and_keys_snapshot():
     got = {getattr(events, n).NAME: getattr(events, n).__slots__
            for n in events.__all__ if n != "Event"}
     assert got == {name: tuple(keys.split()) for name, keys in EVENT_KEYS.items()}
+
+
+def test_observer_not_smtp_after_twenty_unknown_lines():
+    """HTTP or garbage: one NotSmtp after 20 unknown lines, then neither side is parsed."""
+    obs = Observer()
+    obs.feed_server(b"220 mx ESMTP\r\n")
+    junk = b"GET / HTTP/1.1\r\n" + b"X-Header: value\r\n" * 18
+    events = obs.feed_client(junk)
+    assert not of(events, NotSmtp) and len(of(events, Command)) == 19
+    events = obs.feed_client(b"Accept: */*\r\n" + bytes(range(256)) * 64 + b"MAIL FROM:<a@b>\r\n")
+    assert events == [NotSmtp(unknown_lines=20)]  # the 20th line; the rest is only counted
+    assert obs.state.not_smtp and obs.state.sent == {"UNKNOWN": 20}
+    assert obs.feed_server(b"502 unimplemented (#5.5.1)\r\n" * 20) == []
+    assert obs.feed_client(b"DATA\r\n") == []
+    assert obs.state.client_bytes == len(junk) + 13 + 256 * 64 + 17 + 6
+    assert obs.state.server_bytes == 14 + 28 * 20
+    assert names(obs.close_client() + obs.close_server()) == ["PeerClosed", "PeerClosed"]
+
+
+def test_observer_not_smtp_needs_unknown_lines_in_a_row():
+    """A known command resets the count: a clumsy but real client stays observed."""
+    obs = Observer()
+    obs.feed_server(b"220 mx ESMTP\r\n")
+    for _ in range(5):
+        events = obs.feed_client(b"XFOO\r\n" * 19 + b"NOOP\r\n")
+        assert not of(events, NotSmtp)
+    assert not obs.state.not_smtp and obs.state.sent == {"UNKNOWN": 95, "NOOP": 5}
