@@ -33,6 +33,8 @@ MAX_PENDING = 1000
 class BareLFFixer:
     """feed_client(bytes) -> bytes to send on; feed_server(bytes) watches replies."""
 
+    fast = True  # the clean-chunk shortcut in _body (tests turn it off to compare)
+
     def __init__(self) -> None:
         self.mode = _CMD
         self._cmd = bytearray()  # start of the current client command line
@@ -131,6 +133,24 @@ class BareLFFixer:
 
     def _body(self, data: bytes) -> bytes:
         """Rewrite up to the client's end of data; what follows is commands again."""
+        if self.fast and not self._held and b"\n." not in data and not (
+                self._at_start and data[:1] == b"."):
+            # Most chunks of most messages: no line starts with a dot and
+            # every LF has its CR.  Proved with two counts at C speed; the
+            # chunk goes on untouched and only the line state moves.
+            lf = data.count(b"\n")
+            crlf = data.count(b"\r\n")
+            if data[:1] == b"\n" and not self._at_start and self._last == b"\r":
+                crlf += 1  # the CR came at the end of the last chunk
+            if lf == crlf:
+                if lf:
+                    self._line += lf
+                    self._prev_crlf = True
+                if data[-1:] == b"\n":
+                    self._at_start, self._last = True, b"\n"
+                else:
+                    self._at_start, self._last = False, data[-1:]
+                return data
         data = self._held + data
         self._held = b""
         out = bytearray()

@@ -13,8 +13,9 @@ HEAD = [b"HELO a\r\n", b"MAIL FROM:<broken@example.org>\r\n", b"RCPT TO:<b@examp
 REPLIES = b"250 a\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n"
 
 
-def _session(body: bytes, pieces=None) -> tuple[bytes, BareLFFixer]:
+def _session(body: bytes, pieces=None, fast: bool = True) -> tuple[bytes, BareLFFixer]:
     f = BareLFFixer()
+    f.fast = fast
     f.feed_server(b"220 mx ESMTP\r\n")
     out = b"".join(f.feed_client(c) for c in HEAD)
     f.feed_server(REPLIES)
@@ -109,3 +110,25 @@ def test_barelf_no_bare_lf_reaches_qmail_and_one_end(parts):
     assert wire.find(b"\r\n.\r\n") == len(wire) - 5
     assert f.mode == "cmd"
     assert f.feed_client(body[end:]) == body[end:]  # what follows is commands, untouched
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"x y",
+                                 b"line\r\n" * 5, b"\r\n.", b"\n."]), max_size=40),
+       st.lists(st.integers(0, 200), max_size=8))
+def test_barelf_clean_chunk_shortcut_same_as_line_by_line(parts, cuts):
+    """The clean-chunk shortcut sends and counts exactly what the line loop does."""
+    body = b"".join(parts) + b"\r\n.\r\nQUIT\r\n"
+    fast, f1 = _session(body, _chunked(cuts))
+    slow, f2 = _session(body, _chunked(cuts), fast=False)
+    assert fast + f1.flush() == slow + f2.flush()
+    assert (f1.fixed, f1.dots, f1.first_line, f1.messages, f1.mode) == (
+        f2.fixed, f2.dots, f2.first_line, f2.messages, f2.mode)
+
+
+def test_barelf_clean_chunks_pass_untouched_and_lines_counted():
+    """A clean body in many chunks goes through as is; a later bare LF has its true line."""
+    lines = b"".join(b"line %d\r\n" % i for i in range(1, 1001))
+    body = lines + b"bare\nmore\r\n.\r\n"
+    out, f = _session(body, lambda b: [b[i:i + 777] for i in range(0, len(b), 777)])
+    assert out == _prefix() + lines + b"bare\r\nmore\r\n.\r\n"
+    assert f.messages == [(b"<broken@example.org>", 1, 1001, 0)]
