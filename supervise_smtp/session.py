@@ -261,24 +261,32 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 
         subreaper_error = become_subreaper()
 
-    # The rest is imported while the child starts and prints its banner.
-    from supervise_smtp import procfs
+    # The rest is imported while the child starts and prints its banner;
+    # what only some sessions need (procfs, the stderr splitter and
+    # classifier) waits until it is needed: every module costs start-up CPU.
     from supervise_smtp.diagnose import Facts
-    from supervise_smtp.lines import LineSplitter
     from supervise_smtp.output import Output
     from supervise_smtp.relay import ClientEnd, Relay
-    from supervise_smtp.scanner import classify, parent_died_pid
 
     out = Output(opts.format)
     out.base = base
     out.emit("connect", _connect_fields(env, child))
     passthrough = opts.stderr_mode == "pass"
-    lines = LineSplitter(MAX_STDERR_PASS_BYTES if passthrough else MAX_STDERR_TAG_BYTES,
-                         split=passthrough)
+    splitter: list[Any] = []  # the LineSplitter, made at the first stderr bytes
     facts = Facts()
 
     def on_stderr(data: bytes) -> None:
-        for line, total, truncated in lines.feed(data):
+        if not splitter:
+            if not data:
+                return
+            from supervise_smtp.lines import LineSplitter
+
+            splitter.append(LineSplitter(
+                MAX_STDERR_PASS_BYTES if passthrough else MAX_STDERR_TAG_BYTES,
+                split=passthrough))
+        from supervise_smtp.scanner import classify, parent_died_pid
+
+        for line, total, truncated in splitter[0].feed(data):
             source = classify(line)
             if source == "qmail-scanner":
                 died = parent_died_pid(line)
@@ -296,6 +304,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 
     def on_data_start() -> None:
         """qmail-smtpd forked its queue program before the 354: note who it is."""
+        from supervise_smtp import procfs
+
         for pid in procfs.children(child.pid):
             queue.append((pid, procfs.start_ticks(pid)))
             del queue[:-4]
@@ -309,6 +319,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             if status is not None:
                 reaped.append(status)
                 if queue:  # did the queue program outlive qmail-smtpd?
+                    from supervise_smtp import procfs
+
                     outlived.append(procfs.alive(*queue[-1]))
         return bool(reaped)
 

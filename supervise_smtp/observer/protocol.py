@@ -17,7 +17,6 @@ never raises.  Nothing here does I/O, reads a clock or logs.
 
 from __future__ import annotations
 
-from .auth import AuthExchange
 from .body import BodyScanner
 from .commands import LAST_IN_GROUP, parse_bdat, parse_path, parse_reply_line, split_command
 from .events import (
@@ -67,6 +66,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; only mypy reads this
     from collections.abc import Callable
     from typing import Any
+
+    from .auth import AuthExchange
 
 __all__ = ["MAX_LINE_BYTES", "Observer"]
 
@@ -348,6 +349,8 @@ class Observer:
         st.auth_user = None
         st.auth_result = None
         st.auth_code = None
+        from .auth import AuthExchange  # only sessions that AUTH pay for it
+
         self._auth = AuthExchange(mechanism)
         if initial:
             self._auth.client_response(initial)

@@ -303,3 +303,25 @@ def test_cli_json_format_lines_parse(tmp_path):
     assert objs[2]["exit"] == 0
     assert objs[3]["first_close"] in ("client", "server")
     assert all(o["pid"] == objs[0]["pid"] for o in objs)
+
+
+def test_plain_session_loads_only_what_it_needs(tmp_path):
+    """Start-up is paid per connection: a quiet session without AUTH, DATA or child
+    stderr never imports the AUTH decoder, procfs, the stderr splitter or classifier."""
+    child = tmp_path / "child"
+    child.write_text("#!/bin/sh\nprintf '220 x ESMTP\\r\\n'; read l; printf '221 x\\r\\n'\n")
+    child.chmod(0o755)
+    argv = wrapper_argv()
+    if argv[0] != sys.executable:  # the launcher script: run it with -X importtime
+        argv = [sys.executable, *argv]
+    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:], "--", str(child)],
+                          input=b"QUIT\r\n", capture_output=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {line.rsplit(b"|", 1)[-1].strip().decode() for line in proc.stderr.splitlines()
+              if line.startswith(b"import time:")}
+    assert "supervise_smtp.observer.protocol" in loaded  # the check itself works
+    for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.procfs",
+                 "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.tls",
+                 "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
+                 "json", "re", "subprocess", "argparse", "psutil"):
+        assert lazy not in loaded, lazy
