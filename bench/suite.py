@@ -67,11 +67,18 @@ class Sizes:
         self.observer_mb = 2 if quick else 100
 
 
+# The floor for start-up figures: the same interpreter doing nothing but
+# exec the child.  No Python wrapper can start faster than this.
+FLOOR = "python exec"
+START_UP_METRICS = ("banner", "session", "conn_rate", "cpu")
+
+
 def chains(sink: str, capture_dir: Path) -> dict[str, list[str]]:
     wrapper = wrapper_command()
     return {
         "direct": [],
         "recordio": ["recordio"],
+        FLOOR: [sys.executable, "-c", "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"],
         WRAPPER: [*wrapper, "--"],
         f"{WRAPPER} --capture": [*wrapper, "--capture", str(capture_dir), "--"],
         f"{WRAPPER} --bare-lf fix": [*wrapper, "--bare-lf", "fix", "--"],
@@ -251,7 +258,8 @@ def run(sizes: Sizes, only: set[str] | None) -> dict[str, object]:
         cmds = chains(sink, Path(capture_dir))
         names = list(cmds)
         smtp = {name: Server([*cmd, sink]) for name, cmd in cmds.items()}
-        raw = {name: Server([*cmd, sink, "raw"]) for name, cmd in cmds.items()}
+        raw = {name: Server([*cmd, sink, "raw"]) for name, cmd in cmds.items()
+               if name != FLOOR}
         try:
             for srv in smtp.values():  # warm-up: page cache, byte code
                 for _ in range(3):
@@ -263,24 +271,25 @@ def run(sizes: Sizes, only: set[str] | None) -> dict[str, object]:
     return r.results
 
 
-def measure(r: Run, names: list[str], smtp: dict[str, Server], raw: dict[str, Server],
+def measure(r: Run, every: list[str], smtp: dict[str, Server], raw: dict[str, Server],
             cmds: dict[str, list[str]], sink: str, blast: str) -> None:
     sz = r.sizes
+    names = [n for n in every if n != FLOOR]  # the floor is for start-up figures only
     if r.wanted("banner"):
-        got = r.interleaved(names, sz.reps,
+        got = r.interleaved(every, sz.reps,
                             lambda n: [banner_ms(smtp[n]) for _ in range(sz.banner_n)])
         for name, v in got.items():
             r.record("banner", name, "p50_ms", statistics.median(v))
             r.record("banner", name, "p95_ms", pct(v, 95))
     if r.wanted("session"):
-        got = r.interleaved(names, sz.reps,
+        got = r.interleaved(every, sz.reps,
                             lambda n: [session_ms(smtp[n]) for _ in range(sz.session_n)])
         for name, v in got.items():
             r.record("session", name, "p50_ms", statistics.median(v))
             r.record("session", name, "p95_ms", pct(v, 95))
     if r.wanted("conn_rate"):
         for clients in sz.rate_clients:
-            got = r.interleaved(names, sz.reps,
+            got = r.interleaved(every, sz.reps,
                                 lambda n, c=clients: [conn_rate(blast, smtp[n], c,
                                                                 sz.rate_seconds)])
             for name, v in got.items():
@@ -306,7 +315,7 @@ def measure(r: Run, names: list[str], smtp: dict[str, Server], raw: dict[str, Se
             if rss[name]:
                 r.record("rss", name, "peak_mb", max(rss[name]))
     if r.wanted("cpu"):
-        got = r.interleaved(names, sz.reps,
+        got = r.interleaved(every, sz.reps,
                             lambda n: [cpu_ms_per_session([*cmds[n], sink], sz.cpu_n)])
         for name, v in got.items():
             r.record("cpu", name, "ms_per_session", stats(v))
@@ -412,14 +421,16 @@ def report(results: dict[str, object]) -> str:
     for metric, *_ in TABLE:  # the chains, in the order they were measured
         names += [n for n in results.get(metric, {}) if n not in names]  # type: ignore[attr-defined]
     short = {n: n.replace(WRAPPER, "ss") for n in names}
-    lines = [f"{'':<16}" + "".join(f"{short[n]:>18}" for n in names)
+    width = max(12, *(len(v) + 2 for v in short.values()))
+    lines = [f"{'':<16}" + "".join(f"{short[n]:>{width}}" for n in names)
              + f"{'ss/direct':>11}{'ss/recordio':>12}"]
     rat = ratios(results)
     for metric, key, label, _ in TABLE:
         cells = [value(results, metric, n, key) for n in names]
         if all(c is None for c in cells):
             continue
-        row = f"{label:<16}" + "".join(f"{'-' if c is None else f'{c:.2f}':>18}" for c in cells)
+        row = f"{label:<16}" + "".join(f"{'-' if c is None else f'{c:.2f}':>{width}}"
+                                       for c in cells)
         rr = rat.get(label, {})
         nan = float("nan")
         row += f"{rr.get('vs_direct', nan):>11.2f}{rr.get('vs_recordio', nan):>12.2f}"

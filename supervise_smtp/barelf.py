@@ -28,6 +28,13 @@ __all__ = ["BareLFFixer"]
 _CMD, _WAIT, _BODY, _OPAQUE = "cmd", "wait", "body", "opaque"
 MAX_LINE_BYTES = 4096  # enough of a command or reply line to read its verb or code
 MAX_PENDING = 1000
+# Unknown commands in a row before the client is taken for not SMTP and its
+# bytes are no longer looked at (the observer's not_smtp rule).
+NOT_SMTP_LINES = 20
+_VERBS = frozenset({
+    b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET", b"NOOP", b"VRFY",
+    b"EXPN", b"HELP", b"QUIT", b"STARTTLS", b"AUTH", b"ETRN", b"TURN", b"ATRN",
+})
 
 
 class BareLFFixer:
@@ -41,6 +48,7 @@ class BareLFFixer:
         self._reply = bytearray()  # start of the current server reply line
         self._pending: list[bytes] = []  # one entry per client line awaiting a reply
         self._banner = False
+        self._unknown = 0  # unknown commands in a row
         # body state
         self._at_start = True  # at the start of a body line
         self._held = b""  # "." or ".\r" at a line start: maybe the end of data
@@ -117,6 +125,13 @@ class BareLFFixer:
 
     def _command(self, line: bytes) -> None:
         verb = line.split(b" ", 1)[0].upper()
+        if verb in _VERBS:
+            self._unknown = 0
+        else:
+            self._unknown += 1
+            if self._unknown >= NOT_SMTP_LINES:
+                self.mode = _OPAQUE  # not SMTP: no DATA will ever be rewritten
+                return
         if verb == b"MAIL":
             self.sender = line[5:].split(b":", 1)[-1].strip()[:256]
         elif verb == b"DATA":

@@ -26,8 +26,11 @@ def test_bench_suite_quick_measures_every_chain(tmp_path, need):
     doc = json.loads(path.read_text())
     assert doc["machine"]["cpus"] >= 1 and doc["mode"] == "quick"
     results = doc["results"]
-    for metric in ("banner", "session", "conn_rate", "raw", "data", "cpu", "rss"):
+    for metric in ("raw", "data", "rss"):
         assert set(results[metric]) == CHAINS, metric
+    for metric in ("banner", "session", "conn_rate", "cpu"):  # start-up: with the floor
+        assert set(results[metric]) == CHAINS | {"python exec"}, metric
+        assert results[metric]["python exec"]
     for chain in CHAINS:
         assert results["banner"][chain]["p50_ms"] > 0
         assert results["conn_rate"][chain]["N=4"]["median"] > 0

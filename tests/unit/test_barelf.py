@@ -132,3 +132,28 @@ def test_barelf_clean_chunks_pass_untouched_and_lines_counted():
     out, f = _session(body, lambda b: [b[i:i + 777] for i in range(0, len(b), 777)])
     assert out == _prefix() + lines + b"bare\r\nmore\r\n.\r\n"
     assert f.messages == [(b"<broken@example.org>", 1, 1001, 0)]
+
+
+def test_barelf_not_smtp_stream_left_alone():
+    """Twenty unknown commands in a row: not SMTP, not looked at again, even a later DATA."""
+    f = BareLFFixer()
+    f.feed_server(b"220 mx ESMTP\r\n")
+    junk = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 19
+    assert f.feed_client(junk) == junk and f.mode == "opaque"
+    later = b"DATA\r\nbare\n.\r\n"
+    f.feed_server(b"502 unimplemented\r\n" * 20 + b"354 go ahead\r\n")
+    assert f.feed_client(later) == later and f.messages == []
+
+
+def test_barelf_auth_lines_and_typos_keep_the_fix():
+    """A few unknown lines (AUTH answers, a typo) between real commands change nothing."""
+    f = BareLFFixer()
+    f.feed_server(b"220 mx ESMTP\r\n")
+    f.feed_client(b"EHLO a\r\n" + b"XTYPO\r\n" * 19 + b"AUTH LOGIN\r\n" + b"dXNlcg==\r\n" * 2)
+    f.feed_server(b"250 a\r\n" + b"502 unimplemented\r\n" * 19
+                  + b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 ok\r\n")
+    for line in HEAD[1:]:
+        f.feed_client(line)
+    f.feed_server(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    assert f.feed_client(b"a\nb\r\n.\r\n") == b"a\r\nb\r\n.\r\n"
+    assert f.messages == [(b"<broken@example.org>", 1, 1, 0)]
