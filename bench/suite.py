@@ -73,8 +73,7 @@ FLOOR = "python exec"
 START_UP_METRICS = ("banner", "session", "conn_rate", "cpu")
 
 
-def chains(sink: str, capture_dir: Path) -> dict[str, list[str]]:
-    wrapper = wrapper_command()
+def chains(sink: str, capture_dir: Path, wrapper: list[str]) -> dict[str, list[str]]:
     return {
         "direct": [],
         "recordio": ["recordio"],
@@ -185,11 +184,11 @@ def cpu_ms_per_session(argv: list[str], n: int) -> float:
 
 
 def observer_alone(megabytes: int) -> float:
-    """MB/s of the sans-IO observer fed a clean DATA body in 64 KiB chunks (as the relay reads)."""
+    """MB/s of the sans-IO observer fed a clean DATA body in 128 KiB chunks (as the relay reads)."""
     from supervise_smtp.observer import Observer
 
     data = body(megabytes * MB)
-    chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    chunks = [data[i:i + 131072] for i in range(0, len(data), 131072)]
     obs = Observer()
     for side, text in (("S", b"220 mx ESMTP\r\n"), ("C", b"EHLO x\r\n"),
                        ("S", b"250-mx\r\n250 PIPELINING\r\n"), ("C", b"MAIL FROM:<a@b>\r\n"),
@@ -249,13 +248,13 @@ def fresh_bytecode() -> None:
     compileall.compile_dir(str(Path(supervise_smtp.__file__).parent), quiet=1)
 
 
-def run(sizes: Sizes, only: set[str] | None) -> dict[str, object]:
+def run(sizes: Sizes, only: set[str] | None, wrapper: list[str]) -> dict[str, object]:
     fresh_bytecode()
     sink = str(build_sink())
     blast = str(build("smtp_blast", "-pthread"))
     r = Run(sizes, only)
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as capture_dir:
-        cmds = chains(sink, Path(capture_dir))
+        cmds = chains(sink, Path(capture_dir), wrapper)
         names = list(cmds)
         smtp = {name: Server([*cmd, sink]) for name, cmd in cmds.items()}
         raw = {name: Server([*cmd, sink, "raw"]) for name, cmd in cmds.items()
@@ -445,7 +444,7 @@ def report(results: dict[str, object]) -> str:
             lines.append(f"  {chain:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in figures.items()))
     obs = value(results, "observer", "observer alone", "mb_s")
     if obs is not None:
-        lines.append(f"\nobserver alone: {obs:.0f} MB/s (clean DATA body, 64 KiB chunks)")
+        lines.append(f"\nobserver alone: {obs:.0f} MB/s (clean DATA body, 128 KiB chunks)")
     checks = budgets(results)
     if checks:
         lines.append("\nbudgets:")
@@ -459,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few seconds, small sizes")
     ap.add_argument("--reps", type=int, help="repetitions of every case")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="directory for the JSON")
+    ap.add_argument("--wrapper", type=Path,
+                    help="supervise-smtp program to measure (default: the installed one); "
+                         "for before/after runs against another checkout")
     ap.add_argument("--only", help="comma-separated metrics: " + ",".join(METRICS))
     args = ap.parse_args(argv)
     for tool in ("tcpserver", "recordio", "cc"):
@@ -472,13 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     if only is not None and only - set(METRICS):
         ap.error(f"unknown metric in --only: {','.join(sorted(only - set(METRICS)))}")
     started = time.time()
-    results = run(sizes, only)
+    wrapper = [str(args.wrapper)] if args.wrapper else wrapper_command()
+    results = run(sizes, only, wrapper)
     text = report(results)
     print(text)
     doc = {
         "suite": "supervise-smtp bench", "mode": "quick" if args.quick else "full",
         "machine": machine(), "seconds": round(time.time() - started, 1),
-        "sizes": vars(sizes), "results": results, "ratios": ratios(results),
+        "wrapper": wrapper, "sizes": vars(sizes), "results": results, "ratios": ratios(results),
         "budgets": [{"name": n, "value": v, "target": t, "met": ok}
                     for n, v, t, ok in budgets(results)],
     }
