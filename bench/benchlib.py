@@ -180,6 +180,21 @@ def send_all(sock: socket.socket, data: bytes, slice_bytes: int = 1 << 20) -> No
         sock.sendall(view[i:i + slice_bytes])
 
 
+def observer_in_data() -> object:
+    """A sans-IO Observer taken through EHLO/MAIL/RCPT/DATA/354: the next
+    client bytes are a message body."""
+    sys.path.insert(1, str(HERE.parent))
+    from supervise_smtp.observer import Observer
+
+    obs = Observer()
+    for side, text in (("S", b"220 mx ESMTP\r\n"), ("C", b"EHLO x\r\n"),
+                       ("S", b"250-mx\r\n250 PIPELINING\r\n"), ("C", b"MAIL FROM:<a@b>\r\n"),
+                       ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<c@d>\r\n"), ("S", b"250 ok\r\n"),
+                       ("C", b"DATA\r\n"), ("S", b"354 go\r\n")):
+        (obs.feed_client if side == "C" else obs.feed_server)(text)
+    return obs
+
+
 def machine() -> dict[str, object]:
     model = ""
     try:

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +42,7 @@ from benchlib import (  # noqa: E402
     build,
     build_sink,
     machine,
+    observer_in_data,
     send_all,
     vm_hwm_kib,
     wrapper_command,
@@ -184,17 +186,10 @@ def cpu_ms_per_session(argv: list[str], n: int) -> float:
 
 
 def observer_alone(megabytes: int) -> float:
-    """MB/s of the sans-IO observer fed a clean DATA body in 128 KiB chunks (as the relay reads)."""
-    from supervise_smtp.observer import Observer
-
+    """MB/s of the sans-IO observer fed a clean body in the relay's 128 KiB chunks."""
     data = body(megabytes * MB)
     chunks = [data[i:i + 131072] for i in range(0, len(data), 131072)]
-    obs = Observer()
-    for side, text in (("S", b"220 mx ESMTP\r\n"), ("C", b"EHLO x\r\n"),
-                       ("S", b"250-mx\r\n250 PIPELINING\r\n"), ("C", b"MAIL FROM:<a@b>\r\n"),
-                       ("S", b"250 ok\r\n"), ("C", b"RCPT TO:<c@d>\r\n"), ("S", b"250 ok\r\n"),
-                       ("C", b"DATA\r\n"), ("S", b"354 go\r\n")):
-        (obs.feed_client if side == "C" else obs.feed_server)(text)
+    obs: Any = observer_in_data()
     t0 = time.perf_counter()
     for chunk in chunks:
         obs.feed_client(chunk)
