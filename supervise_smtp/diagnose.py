@@ -149,6 +149,9 @@ def _decide(f: Facts) -> tuple[str, str]:
     if st.tls_active and f.exit_code == 0:
         # QUIT went inside TLS where we cannot read; qmail-smtpd exits 0 only on QUIT
         return "ok", "exit 0 after an encrypted session"
+    if st.not_smtp and f.exit_code == 0:
+        # the same once the observer stopped parsing a client that was not SMTP
+        return "ok", "exit 0 after a client that was not speaking SMTP"
     if not st.quit_sent and client_left:
         stage = f.client_stage or st.stage
         how = "write to client failed" if f.client_gone and f.first_close != "client" else (

@@ -601,3 +601,17 @@ def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path)
     [line] = [e for e in events(log) if e["event"] == "not_smtp"]
     assert line["unknown_lines"] == "20"
     assert status == 256
+
+
+def test_verdict_not_smtp_then_quit_is_ok(tcpserver, wrapper, tmp_path):
+    """Junk, then a QUIT the observer no longer reads: the double's exit 0 makes it ok."""
+    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
+    client = Client(server)
+    assert client.reply() == (220, BANNER.encode())
+    client.sock.sendall(b"X-Junk: 1\r\n" * 25 + b"QUIT\r\n")
+    answers = recv_until_eof(client.sock)
+    client.close()
+    assert answers.endswith(f"{BYE}\r\n".encode())
+    summary, status, _ = _finish(server)
+    _check(summary, "not speaking SMTP", verdict="ok", notes="not_smtp", exit=0)
+    assert status == 0

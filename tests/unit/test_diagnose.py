@@ -206,3 +206,17 @@ def test_diagnose_wrapper_timeout_owns_the_kill():
                             signal_name="SIGTERM", timeout_fired="idle_timeout")
     assert verdict == "timeout"
     assert fields["reason"] == "wrapper --idle-timeout fired in stage ehlo"
+
+
+def test_diagnose_not_smtp_then_exit_0_is_ok_else_lost():
+    """After not_smtp QUIT is not read: exit 0 is ok (qmail-smtpd exits 0 only on QUIT),
+    exit 1 at client EOF is a lost client; notes=not_smtp in both."""
+    junk = [("C", b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 25 + b"QUIT\r\n"),
+            ("S", b"502 unimplemented (#5.5.1)\r\n" * 26 + b"221 mx\r\n")]
+    verdict, fields = judge(BANNER + junk + [("S", b""), ("C", b"")], exit_code=0,
+                            notes=["not_smtp"])
+    assert (verdict, fields["reason"]) == ("ok", "exit 0 after a client that was not speaking SMTP")
+    assert fields["notes"] == ("not_smtp",) and fields["commands"] == "0/20"
+    verdict, fields = judge(BANNER + junk + [("C", b""), ("S", b"")], exit_code=1,
+                            notes=["not_smtp"])
+    assert verdict == "client_lost_after_banner"
