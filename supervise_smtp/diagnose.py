@@ -13,6 +13,7 @@ summary as fields (queued, reply_delivered, last_reply, notes...).
 
 from __future__ import annotations
 
+from supervise_smtp.observer.protocol import NOT_SMTP_LINES
 from supervise_smtp.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
@@ -149,9 +150,11 @@ def _decide(f: Facts) -> tuple[str, str]:
     if st.tls_active and f.exit_code == 0:
         # QUIT went inside TLS where we cannot read; qmail-smtpd exits 0 only on QUIT
         return "ok", "exit 0 after an encrypted session"
-    if st.not_smtp and f.exit_code == 0:
-        # the same once the observer stopped parsing a client that was not SMTP
-        return "ok", "exit 0 after a client that was not speaking SMTP"
+    if st.not_smtp and (f.exit_code == 0 or not client_left):
+        # Every SMTP server refuses what it cannot parse (qmail-smtpd: 502).  The
+        # replies and a QUIT went by unparsed, so decide on facts that do not
+        # depend on timing: the exit code (0 only after QUIT) and who closed.
+        return "rejected", f"client not speaking SMTP ({NOT_SMTP_LINES} unknown commands in a row)"
     if not st.quit_sent and client_left:
         stage = f.client_stage or st.stage
         how = "write to client failed" if f.client_gone and f.first_close != "client" else (

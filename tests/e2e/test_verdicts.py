@@ -603,8 +603,8 @@ def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path)
     assert status == 256
 
 
-def test_verdict_not_smtp_then_quit_is_ok(tcpserver, wrapper, tmp_path):
-    """Junk, then a QUIT the observer no longer reads: the double's exit 0 makes it ok."""
+def test_verdict_not_smtp_then_quit_is_rejected(tcpserver, wrapper, tmp_path):
+    """Junk the double refused, then a QUIT the observer no longer reads: rejected."""
     server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
     client = Client(server)
     assert client.reply() == (220, BANNER.encode())
@@ -613,5 +613,5 @@ def test_verdict_not_smtp_then_quit_is_ok(tcpserver, wrapper, tmp_path):
     client.close()
     assert answers.endswith(f"{BYE}\r\n".encode())
     summary, status, _ = _finish(server)
-    _check(summary, "not speaking SMTP", verdict="ok", notes="not_smtp", exit=0)
+    _check(summary, "client not speaking SMTP", verdict="rejected", notes="not_smtp", exit=0)
     assert status == 0
