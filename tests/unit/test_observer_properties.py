@@ -18,7 +18,8 @@ SERVER_REPLIES = [b"250 ok\r\n", b"250-multi\r\n250 line\r\n", b"354 go\r\n", b"
 COMMANDS = [b"EHLO x\r\n", b"MAIL FROM:<a@b> SIZE=10\r\n", b"RCPT TO:<c@d>\r\n", b"DATA\r\n",
             b"RSET\r\n", b"NOOP\r\n", b"VRFY x\r\n", b"QUIT\r\n", b"AUTH PLAIN AGFAAGI=\r\n",
             b"AUTH LOGIN\r\n", b"YWxpY2U=\r\n", b"BDAT 4\r\nabcd", b"BDAT 3 LAST\r\nxyz",
-            b"STARTTLS\r\n", b"\x16\x03\x01\x00\x01z", b"HELP\r\n"]
+            b"STARTTLS\r\n", b"\x16\x03\x01\x00\x01z", b"HELP\r\n",
+            b"GET / x\r\n" * 10]  # two in a row: not_smtp, and both sides go opaque
 
 steps_strategy = st.lists(
     st.one_of(
