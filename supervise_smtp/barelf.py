@@ -23,18 +23,13 @@ client that sends its body before the 354 gets no rewrite for those bytes.
 
 from __future__ import annotations
 
+from supervise_smtp.observer.commands import NOT_SMTP_LINES, split_command
+
 __all__ = ["BareLFFixer"]
 
 _CMD, _WAIT, _BODY, _OPAQUE = "cmd", "wait", "body", "opaque"
 MAX_LINE_BYTES = 4096  # enough of a command or reply line to read its verb or code
 MAX_PENDING = 1000
-# Unknown commands in a row before the client is taken for not SMTP and its
-# bytes are no longer looked at (the observer's not_smtp rule).
-NOT_SMTP_LINES = 20
-_VERBS = frozenset({
-    b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET", b"NOOP", b"VRFY",
-    b"EXPN", b"HELP", b"QUIT", b"STARTTLS", b"AUTH", b"ETRN", b"TURN", b"ATRN",
-})
 
 
 class BareLFFixer:
@@ -46,7 +41,7 @@ class BareLFFixer:
         self.mode = _CMD
         self._cmd = bytearray()  # start of the current client command line
         self._reply = bytearray()  # start of the current server reply line
-        self._pending: list[bytes] = []  # one entry per client line awaiting a reply
+        self._pending: list[str] = []  # one entry per client line awaiting a reply
         self._banner = False
         self._unknown = 0  # unknown commands in a row
         # body state
@@ -87,12 +82,12 @@ class BareLFFixer:
         if not self._pending:
             return
         verb = self._pending.pop(0)
-        if verb == b"DATA" and self.mode == _WAIT:
+        if verb == "DATA" and self.mode == _WAIT:
             if code == b"354":
                 self._begin_body()
             else:
                 self.mode = _CMD
-        elif verb == b"STARTTLS" and code == b"220":
+        elif verb == "STARTTLS" and code == b"220":
             self.mode = _OPAQUE
 
     # -- client side ---------------------------------------------------------
@@ -124,19 +119,19 @@ class BareLFFixer:
         return data
 
     def _command(self, line: bytes) -> None:
-        verb = line.split(b" ", 1)[0].upper()
-        if verb in _VERBS:
+        verb, args = split_command(line)  # the observer's reading of the line
+        if verb != "UNKNOWN":
             self._unknown = 0
         else:
             self._unknown += 1
             if self._unknown >= NOT_SMTP_LINES:
-                self.mode = _OPAQUE  # not SMTP: no DATA will ever be rewritten
+                self.mode = _OPAQUE  # not SMTP (the observer's not_smtp): never rewritten
                 return
-        if verb == b"MAIL":
-            self.sender = line[5:].split(b":", 1)[-1].strip()[:256]
-        elif verb == b"DATA":
+        if verb == "MAIL":
+            self.sender = args.split(b":", 1)[-1].strip()[:256]
+        elif verb == "DATA":
             self.mode = _WAIT
-        self._pending.append(verb if verb in (b"DATA", b"STARTTLS") else b"")
+        self._pending.append(verb if verb in ("DATA", "STARTTLS") else "")
         del self._pending[:-MAX_PENDING]
 
     # -- the body --------------------------------------------------------------
@@ -209,6 +204,6 @@ class BareLFFixer:
 
     def _end(self) -> None:
         self.mode = _CMD
-        self._pending.append(b"")  # the reply to the end of data
+        self._pending.append("")  # the reply to the end of data
         if self.fixed or self.dots:
             self.messages.append((self.sender, self.fixed, self.first_line, self.dots))

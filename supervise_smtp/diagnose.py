@@ -13,7 +13,7 @@ summary as fields (queued, reply_delivered, last_reply, notes...).
 
 from __future__ import annotations
 
-from supervise_smtp.observer.protocol import NOT_SMTP_LINES
+from supervise_smtp.observer.commands import NOT_SMTP_LINES
 from supervise_smtp.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name

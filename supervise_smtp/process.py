@@ -99,7 +99,7 @@ def spawn(argv: list[str]) -> Child:
     try:
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         # Room for more than one relay chunk on the way to the child: fewer
-        # partial sends and buffer copies (raw stream ~1.4 -> ~1.9 GB/s in
+        # partial sends and buffer copies (raw stream ~1.4 -> ~1.7 GB/s in
         # bench/suite.py).  Linux doubles it; net.core.wmem_max caps it.
         ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, SOCKET_SNDBUF)
     except OSError as err:

@@ -30,9 +30,10 @@ __all__ = ["Relay", "ClientEnd", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
 
 # One read moves at most 128 KiB.  Measured with bench/suite.py (median of
 # 5, MB/s, raw stream / SMTP DATA with the observer): 64 KiB 1425 / 603,
-# 128 KiB 1405 / 719, 256 KiB 1193 / 847.  Larger reads mean fewer Python
-# steps per byte for the observer, smaller ones keep the chunk in the CPU
-# cache while it is sent on; 128 KiB keeps both budgets.
+# 128 KiB 1405 / 719, 256 KiB 1193 / 847 -- DATA varies by +-25 % between
+# runs of the same code here.  Larger reads mean fewer Python steps per byte
+# for the observer, smaller ones keep the chunk in the CPU cache while it is
+# sent on; 128 KiB keeps both budgets.
 CHUNK_BYTES = 128 * 1024
 BUFFER_BYTES = 512 * 1024
 FLUSH_SECONDS = 30.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "KNOWN_VERBS",
     "LAST_IN_GROUP",
+    "NOT_SMTP_LINES",
     "enhanced_code",
     "param_value",
     "parse_bdat",
@@ -27,6 +28,10 @@ LAST_IN_GROUP = frozenset({
     "EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP", "STARTTLS", "AUTH",
 })
 _MAX_VERB = 16
+# Unknown commands in a row before a client is taken for not speaking SMTP at
+# all (Postfix's smtpd_hard_error_limit default): the observer and the
+# bare-LF fixer then stop parsing it.
+NOT_SMTP_LINES = 20
 
 
 def split_command(line: bytes) -> tuple[str, bytes]:

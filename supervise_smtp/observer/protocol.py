@@ -18,7 +18,14 @@ never raises.  Nothing here does I/O, reads a clock or logs.
 from __future__ import annotations
 
 from .body import BodyScanner
-from .commands import LAST_IN_GROUP, parse_bdat, parse_path, parse_reply_line, split_command
+from .commands import (
+    LAST_IN_GROUP,
+    NOT_SMTP_LINES,
+    parse_bdat,
+    parse_path,
+    parse_reply_line,
+    split_command,
+)
 from .events import (
     AuthResult,
     Banner,
@@ -83,10 +90,6 @@ _BODY = 2
 _BDAT = 3
 _TLS = 4
 _OPAQUE = 5  # not SMTP: bytes are counted, not parsed
-
-# Unknown commands in a row before the client is taken for not SMTP at all
-# (Postfix's smtpd_hard_error_limit default).
-NOT_SMTP_LINES = 20
 
 # Pseudo-verbs in the pending FIFO.
 _GREETING = "GREETING"
