@@ -232,6 +232,20 @@ class Run:
                 got[name].extend(one(name))
         return got
 
+    def interleaved_rss(self, names: list[str], reps: int,
+                        one: Callable[[str], tuple[float, int | None]],
+                        ) -> tuple[dict[str, list[float]], dict[str, float]]:
+        """interleaved() for cases that also read the session's peak RSS (KiB)."""
+        peak: dict[str, float] = {}
+
+        def figure(name: str) -> list[float]:
+            value, kib = one(name)
+            if kib is not None:
+                peak[name] = max(peak.get(name, 0.0), kib / 1024)
+            return [value]
+
+        return self.interleaved(names, reps, figure), peak
+
 
 def fresh_bytecode() -> None:
     """Byte code of the package under test is up to date (PYTHONDONTWRITEBYTECODE
@@ -269,18 +283,15 @@ def measure(r: Run, every: list[str], smtp: dict[str, Server], raw: dict[str, Se
             cmds: dict[str, list[str]], sink: str, blast: str) -> None:
     sz = r.sizes
     names = [n for n in every if n != FLOOR]  # the floor is for start-up figures only
-    if r.wanted("banner"):
-        got = r.interleaved(every, sz.reps,
-                            lambda n: [banner_ms(smtp[n]) for _ in range(sz.banner_n)])
-        for name, v in got.items():
-            r.record("banner", name, "p50_ms", statistics.median(v))
-            r.record("banner", name, "p95_ms", pct(v, 95))
-    if r.wanted("session"):
-        got = r.interleaved(every, sz.reps,
-                            lambda n: [session_ms(smtp[n]) for _ in range(sz.session_n)])
-        for name, v in got.items():
-            r.record("session", name, "p50_ms", statistics.median(v))
-            r.record("session", name, "p95_ms", pct(v, 95))
+    latencies: list[tuple[str, Callable[[Server], float], int]] = [
+        ("banner", banner_ms, sz.banner_n), ("session", session_ms, sz.session_n)]
+    for metric, timed, count in latencies:
+        if r.wanted(metric):
+            got = r.interleaved(every, sz.reps,
+                                lambda n, t=timed, k=count: [t(smtp[n]) for _ in range(k)])
+            for name, v in got.items():
+                r.record(metric, name, "p50_ms", statistics.median(v))
+                r.record(metric, name, "p95_ms", pct(v, 95))
     if r.wanted("conn_rate"):
         for clients in sz.rate_clients:
             got = r.interleaved(every, sz.reps,
@@ -295,19 +306,11 @@ def measure(r: Run, every: list[str], smtp: dict[str, Server], raw: dict[str, Se
             r.record("raw", name, "mb_s", stats(v))
     if r.wanted("data") or r.wanted("rss"):
         message = body(sz.data_bytes)
-        rss: dict[str, list[float]] = {name: [] for name in names}
-
-        def one(name: str) -> list[float]:
-            mbs, kib = data_transfer(smtp[name], message)
-            if kib is not None:
-                rss[name].append(kib / 1024)
-            return [mbs]
-
-        got = r.interleaved(names, sz.reps, one)
+        got, peak = r.interleaved_rss(names, sz.reps, lambda n: data_transfer(smtp[n], message))
         for name, v in got.items():
             r.record("data", name, "mb_s", stats(v))
-            if rss[name]:
-                r.record("rss", name, "peak_mb", max(rss[name]))
+            if name in peak:
+                r.record("rss", name, "peak_mb", peak[name])
     if r.wanted("cpu"):
         got = r.interleaved(every, sz.reps,
                             lambda n: [cpu_ms_per_session([*cmds[n], sink], sz.cpu_n)])
@@ -316,20 +319,12 @@ def measure(r: Run, every: list[str], smtp: dict[str, Server], raw: dict[str, Se
     scaled = ["direct", "recordio", WRAPPER]
     if r.wanted("recipients"):
         for count in sz.recipients:
-            rss_by: dict[str, list[float]] = {name: [] for name in scaled}
-
-            def rcpt(name: str, count: int = count,
-                     rss_by: dict[str, list[float]] = rss_by) -> list[float]:
-                ms, kib = recipients_case(smtp[name], count)
-                if kib is not None:
-                    rss_by[name].append(kib / 1024)
-                return [ms]
-
-            got = r.interleaved(scaled, sz.reps, rcpt)
+            got, peak = r.interleaved_rss(
+                scaled, sz.reps, lambda n, c=count: recipients_case(smtp[n], c))
             for name, v in got.items():
                 r.record("recipients", name, f"{count}_ms", statistics.median(v))
-                if rss_by[name]:
-                    r.record("recipients", name, f"{count}_rss_mb", max(rss_by[name]))
+                if name in peak:
+                    r.record("recipients", name, f"{count}_rss_mb", peak[name])
     if r.wanted("message_size"):
         for size in sz.message_sizes:
             message = body(size)
