@@ -154,6 +154,16 @@ class Observer:
         return self.state.stage
 
     @property
+    def awaiting_data_reply(self) -> bool:
+        """True between the end of a message (``.`` or BDAT LAST) and the server's reply.
+
+        In that window the message may already be in the queue: a wrapper
+        timeout must not fire there (it would make the client retry a message
+        that was delivered).
+        """
+        return _DATA_END in self._pending or _BDAT_LAST in self._pending
+
+    @property
     def buffered(self) -> int:
         """Bytes held across feeds, all buffers together (bounded)."""
         n = (self._creader.buffered + self._sreader.buffered + len(self._hold)
