@@ -160,6 +160,19 @@ def _say(fd: int, text: str) -> None:
         pass
 
 
+def _refuse(fmt: str, err: TempError) -> None:
+    """Exit 111 before anything started, with the lines a spawn failure gives."""
+    from supervise_smtp.output import Output
+
+    out = Output(fmt)
+    out.base = {"remote": os.environ.get("TCPREMOTEIP"), "pid": os.getpid()}
+    out.emit("wrapper_error", where="start", error=str(err), errno=err.errno)
+    out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
+             duration_ms=0, exit=EXIT_TEMP)
+    _say(2, f"supervise-smtp: fatal: {err}\n")
+    os._exit(EXIT_TEMP)
+
+
 # Subcommands: module with ``main(args: list[str]) -> int``, imported only
 # when asked for.  A program with one of these names needs ``--`` before it.
 SUBCOMMANDS = {
@@ -191,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         code = _subcommand(args[0], args[1:])
         sys.stdout.flush()
         os._exit(code)
+    from supervise_smtp.process import standard_fds
+
+    no_client = standard_fds()  # first of all: fd 2 on /dev/null if it is closed
     try:
         opts, prog = parse(args)
     except UsageError as err:
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         _say(1, f"supervise-smtp {__version__}\n")
         os._exit(0)
 
+    if no_client is not None:  # fd 0 or 1 closed: nothing to relay
+        _refuse(opts.get("format", "logfmt"), no_client)
     from supervise_smtp import session
 
     options = session.Options(

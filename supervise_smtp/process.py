@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import _signal
 import _socket
+import errno
 import os
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["Child", "ExitStatus", "original_environ", "spawn", "reap", "signal_name", "die_like",
-           "become_subreaper", "reap_pid"]
+__all__ = ["Child", "ExitStatus", "standard_fds", "original_environ", "spawn", "reap",
+           "signal_name", "die_like", "become_subreaper", "reap_pid"]
 
 # Python ignores these at start-up and an ignored disposition survives exec:
 # qmail-smtpd must get them back at their defaults, as under plain tcpserver.
@@ -59,6 +60,40 @@ class ExitStatus:
         self.user_s = float(getattr(rusage, "ru_utime", 0.0))
         self.sys_s = float(getattr(rusage, "ru_stime", 0.0))
         self.maxrss_kb = int(getattr(rusage, "ru_maxrss", 0))
+
+
+def standard_fds() -> TempError | None:
+    """Make sure fds 0, 1 and 2 are open before we create any descriptor.
+
+    A descriptor we create takes the lowest free number: with fd 2 closed (a
+    run script without ``exec 2>&1``), the socketpair would become our fd 2
+    and every event line would go to qmail-smtpd as an SMTP command.  So, as
+    daemontools programs do: fd 2 closed gets /dev/null (the lines are lost,
+    the mail is not).  fd 0 or 1 closed means there is no client: the error
+    to report (exit 111), with nothing started.  Three fstat calls when all
+    is well.
+    """
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    if not closed:
+        return None
+    if closed[0] != 2:
+        return TempError(f"fd {closed[0]} is closed: no client connection", errno.EBADF)
+    try:
+        null = os.open("/dev/null", os.O_WRONLY)  # fds 0 and 1 are open: this is fd 2
+    except OSError as err:
+        return TempError(f"fd 2 is closed and /dev/null cannot be opened: {err.strerror}",
+                         err.errno)
+    if null != 2:  # cannot happen, but never leave one of ours below 3 but fd 2
+        os.dup2(null, 2)
+        os.close(null)
+    else:
+        os.set_inheritable(2, True)
+    return None
 
 
 def original_environ() -> dict[bytes, bytes] | os._Environ[bytes]:
