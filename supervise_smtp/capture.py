@@ -164,8 +164,8 @@ class Capture:
                       "result": get(ev, "result", None), "user": get(ev, "user", None),
                       "code": get(ev, "code", None)}
             return [f"{AUTH_REDACTED} {_pairs(fields)}"]
-        if name == "data_start":
-            return []
+        if name in ("data_start", "reject"):
+            return []  # a reject line repeats a reply the transcript has
         if name == "data_end":
             summary = [f"body: {get(ev, 'size', None)} bytes", f"{get(ev, 'lines', None)} lines"]
             for key in _BODY_KEYS:

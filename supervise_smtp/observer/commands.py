@@ -35,7 +35,17 @@ NOT_SMTP_LINES = 20
 
 
 def split_command(line: bytes) -> tuple[str, bytes]:
-    """(VERB, argument bytes); VERB is "UNKNOWN" for anything not in KNOWN_VERBS."""
+    """(VERB, argument bytes); VERB is "UNKNOWN" for anything not in KNOWN_VERBS.
+
+    As qmail-smtpd's commands.c: the line is a C string (a NUL ends it, so
+    ``DATA\0junk`` is DATA), the verb runs to the first space and is matched
+    without case; spaces after it are skipped (a tab is part of the verb).
+    An unknown line is returned whole.
+    """
+    whole = line
+    nul = line.find(b"\0")
+    if nul >= 0:
+        line = line[:nul]
     sp = line.find(b" ")
     head = line if sp < 0 else line[:sp]
     args = b"" if sp < 0 else line[sp + 1:].strip(b" \t")
@@ -43,7 +53,7 @@ def split_command(line: bytes) -> tuple[str, bytes]:
         verb = head.decode("ascii").upper()
         if verb in KNOWN_VERBS:
             return verb, args
-    return "UNKNOWN", line
+    return "UNKNOWN", whole
 
 
 def parse_path(args: bytes, keyword: bytes) -> tuple[bytes | None, bytes]:

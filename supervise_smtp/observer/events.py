@@ -28,6 +28,7 @@ __all__ = [
     "NulByte",
     "PeerClosed",
     "PipeliningViolation",
+    "Reject",
     "Reply",
     "Smuggling",
     "StartTLS",
@@ -103,6 +104,20 @@ class Reply(Event):
 
     __slots__ = ("code", "enhanced", "text", "lines", "command", "in_stage", "truncated")
     NAME = "reply"
+
+
+class Reject(Event):
+    """A 4xx/5xx reply and the command it answered, as Postfix's ``reject:`` line.
+
+    ``arg`` is the command's address (MAIL, RCPT), AUTH's mechanism (never a
+    credential) or the line's argument, cut to 256 bytes; ``command`` is None
+    for the banner and for a reply no command was waiting for.  Replies in the
+    middle of a body are DataRejected instead.  The first few per session
+    only; the summary counts them all (``rejects``).
+    """
+
+    __slots__ = ("code", "enhanced", "text", "command", "arg", "in_stage", "truncated")
+    NAME = "reject"
 
 
 class MalformedReply(Event):
@@ -223,10 +238,11 @@ class PipeliningViolation(Event):
 class NotSmtp(Event):
     """The client is not speaking SMTP: ``unknown_lines`` unknown commands in a row.
 
-    HTTP sent to port 25, a port scanner, a binary stream.  From here on
-    neither direction is parsed, only counted, so that garbage costs no more
-    CPU than relaying it.  The limit follows Postfix's smtpd_hard_error_limit
-    (20): a real client does not send twenty unknown commands in a row.
+    HTTP sent to port 25, a port scanner, a binary stream.  From here on its
+    unknown lines and their replies make no events (one pending entry for the
+    whole run), until the server accepts a real command again.  The limit
+    follows Postfix's smtpd_hard_error_limit (20): a real client does not send
+    twenty unknown commands in a row.
     """
 
     __slots__ = ("unknown_lines",)

@@ -36,6 +36,10 @@ class LineReader:
         self._cut = False
         return n
 
+    def skip(self) -> None:
+        """The rest of the current line went by unseen: deliver its head, cut, at its LF."""
+        self._cut = True
+
     def next_line(self, data: bytes, pos: int) -> tuple[bytes | None, int, bool, bool]:
         """Take bytes from ``data[pos:]`` up to and including the next LF.
 

@@ -6,10 +6,20 @@ a DATA body, BDAT chunk bytes, opaque TLS -- and the server side as reply
 lines until TLS starts.  Replies are matched to commands through a FIFO of
 pending verbs, which is what makes pipelining (RFC 2920) visible.
 
-Client bytes sent behind DATA or STARTTLS before the server answered are
-held (bounded) rather than guessed at: after a 354 they are body, after a 220
-they are TLS (or a CVE-2011-0411 style injection), after a refusal they are
-commands -- exactly as the server will read them.
+What the client's bytes are is decided by the server's answer, never
+guessed before it: bytes sent behind DATA or STARTTLS, or a first byte 0x16
+before the banner, are held (bounded) until the reply.  After a 354 they are
+body, after a 220 TLS (or a CVE-2011-0411 style injection), after a refusal
+commands; a first 0x16 is SMTPS only once the server answers with TLS
+records.  Beyond the bound the held bytes are only counted, while a
+speculative body scan and a count of their lines keep both readings exact
+enough to stay in step with the server's replies.  BDAT bytes are a chunk
+only when the server advertised CHUNKING.  A message is queued only when the
+server's reply to its end accepted it.
+
+Command lines are read the way qmail-smtpd's commands.c reads them: up to
+LF, one CR dropped, a C string (cut at the first NUL), the verb up to the
+first space, case-insensitive.
 
 We observe, we never enforce: peer misbehaviour is an event, and peer input
 never raises.  Nothing here does I/O, reads a clock or logs.
@@ -40,6 +50,7 @@ from .events import (
     NotSmtp,
     PeerClosed,
     PipeliningViolation,
+    Reject,
     Reply,
     StartTLS,
     StartTLSInjection,
@@ -63,6 +74,7 @@ from .state import (
     STAGE_RCPT,
     STAGE_STARTTLS,
     STAGE_TLS,
+    USER_CAP,
     MessageStats,
     SessionState,
     bump,
@@ -89,14 +101,42 @@ _HOLD = 1
 _BODY = 2
 _BDAT = 3
 _TLS = 4
-_OPAQUE = 5  # not SMTP: bytes are counted, not parsed
 
 # Pseudo-verbs in the pending FIFO.
 _GREETING = "GREETING"
 _DATA_END = "DATA_END"
 _BDAT_LAST = "BDAT_LAST"
+_UNSEEN = "UNSEEN"  # lines held past the bound: answered, never parsed
+_END_OF_MESSAGE = (_DATA_END, _BDAT_LAST)
 
 _TLS_HANDSHAKE = 0x16
+# First byte of a TLS record: change_cipher_spec, alert, handshake, data.
+_TLS_RECORD_TYPES = frozenset((0x14, 0x15, 0x16, 0x17))
+# Verbs that, once accepted, show a client taken for not SMTP speaks it after all.
+_SPEAKS_SMTP = frozenset(("HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "STARTTLS", "AUTH"))
+# 4xx/5xx replies logged as Reject events per session; the rest only counted.
+MAX_REJECT_EVENTS = 10
+# The end of the bytes held past the bound is kept, so that the commands a
+# client sends after a long pipelined body (RSET, QUIT) are still parsed.
+_RECENT_BYTES = 4096
+# Body events kept from a speculative scan until the 354 that confirms it.
+_MAX_SPEC_EVENTS = 64
+
+
+class _Wait:
+    """A command waiting for its reply; ``count`` > 1 for a run of unparsed lines.
+
+    ``junk``: unknown lines of a client taken for not SMTP (or never parsed):
+    their replies make no events, only counts.
+    """
+
+    __slots__ = ("verb", "arg", "count", "junk")
+
+    def __init__(self, verb: str, arg: bytes | None, count: int, junk: bool = False) -> None:
+        self.verb = verb
+        self.arg = arg  # what a Reject line shows: an address, a mechanism, the line
+        self.count = count
+        self.junk = junk
 
 
 def _default_tls() -> Any:
@@ -129,13 +169,14 @@ class Observer:
         self._creader = LineReader(max_line_bytes)
         self._sreader = LineReader(max_line_bytes)
         self._replies = ReplyAssembler()
-        self._pending: list[str] = [_GREETING]
+        self._pending: list[_Wait] = [_Wait(_GREETING, None, 1)]
         self._cmode = _CMD
         self._server_tls = False
         self._hold = bytearray()
-        self._hold_for: str | None = None
-        self._hold_dropped = 0
-        self._early_body = False  # hold overflowed: body begun before its 354
+        self._hold_for: str | None = None  # "DATA", "STARTTLS" or "TLS" (a first 0x16)
+        self._reset_overflow()
+        self._arg: bytes | None = None  # the current command's Reject text
+        self._reply_end = 0  # server stream offset just past the current reply line
         self._body: BodyScanner | None = None
         self._bdat_left = 0
         self._bdat_last = False
@@ -161,7 +202,7 @@ class Observer:
         timeout must not fire there (it would make the client retry a message
         that was delivered).
         """
-        return _DATA_END in self._pending or _BDAT_LAST in self._pending
+        return any(w.verb in _END_OF_MESSAGE for w in self._pending)
 
     @property
     def buffered(self) -> int:
@@ -195,7 +236,7 @@ class Observer:
         if not self._client_seen:
             self._client_seen = True
             if data[0] == _TLS_HANDSHAKE and not self._server_seen:
-                self._start_tls(out, implicit=True)
+                self._start_hold("TLS")  # SMTPS, or junk: the server's first byte says
             elif not self._banner_done:
                 st.early_talker = True
                 out.append(EarlyTalker())
@@ -232,8 +273,6 @@ class Observer:
             elif mode == _HOLD:
                 self._hold_data(data[pos:] if pos else data, out)
                 pos = n
-            elif mode == _OPAQUE:
-                pos = n
             else:  # _TLS
                 out += self._tls.feed_client(data[pos:] if pos else data)
                 pos = n
@@ -250,10 +289,12 @@ class Observer:
             self._unknown_run = 0
         else:
             self._unknown_run += 1
-            if self._unknown_run >= NOT_SMTP_LINES:
-                self._not_smtp(out)
+            if st.not_smtp or self._unknown_run >= NOT_SMTP_LINES:
+                if not st.not_smtp:
+                    self._not_smtp(out)
+                self._push("UNKNOWN", None)  # one entry for the whole run
                 return
-        pending = len(self._pending) - (self._pending[:1] == [_GREETING])
+        pending = self._waiting()
         if pending:
             self._check_pipelining(verb, pending, out)
         address = params = None
@@ -271,6 +312,7 @@ class Observer:
             verb=verb, args=text, address=address, params=params,
             pipelined=pending > 0, truncated=truncated or cut,
         ))
+        self._arg = clip(address if address is not None else text, USER_CAP)[0]
         handler = getattr(self, "_cmd_" + verb.lower(), None)
         if handler is None:
             self._push(verb)  # NOOP, VRFY, HELP, UNKNOWN...: only a reply to match
@@ -284,8 +326,8 @@ class Observer:
             kind = "unadvertised"
         else:
             for waiting in self._pending:
-                if waiting in LAST_IN_GROUP:
-                    kind = "after_" + waiting.lower()
+                if waiting.verb in LAST_IN_GROUP:
+                    kind = "after_" + waiting.verb.lower()
                     break
         if kind is not None:
             self._violation(kind, verb, pending, out)
@@ -296,19 +338,49 @@ class Observer:
         if st.pipelining_violations <= MAX_REPEAT_EVENTS:
             out.append(PipeliningViolation(kind=kind, verb=verb, pending=pending))
 
-    def _push(self, verb: str) -> None:
+    def _push(self, verb: str, arg: bytes | None | bool = False, count: int = 1) -> None:
+        """Queue a reply to match; ``arg`` False: the current command's text.
+
+        Unparsed lines, and unknown lines once the client is taken for not
+        SMTP, are one entry per run: a flood of them costs no memory.
+        """
         st = self.state
-        if len(self._pending) < PENDING_CAP:
-            self._pending.append(verb)
+        pending = self._pending
+        if arg is False:
+            arg = self._arg if verb != _DATA_END else None
+        junk = verb == _UNSEEN or (verb == "UNKNOWN" and st.not_smtp)
+        if junk and pending and pending[-1].junk and pending[-1].verb == verb:
+            pending[-1].count = _cap(pending[-1].count + count)
+        elif len(pending) < PENDING_CAP:
+            pending.append(_Wait(verb, arg or None, count, junk))  # type: ignore[arg-type]
         else:
             st.pending_dropped = _cap(st.pending_dropped + 1)
-        st.pending = len(self._pending)
+        st.pending = len(pending)
+
+    def _waiting(self) -> int:
+        """Commands sent and not answered yet (the banner aside)."""
+        pending = self._pending
+        return len(pending) - (bool(pending) and pending[0].verb == _GREETING)
+
+    def _pop(self) -> _Wait | None:
+        pending = self._pending
+        if not pending:
+            return None
+        head = pending[0]
+        if head.count > 1:
+            head.count -= 1
+            return head
+        del pending[0]
+        return head
 
     def _not_smtp(self, out: list[Event]) -> None:
-        """Stop parsing both directions: the client does not speak SMTP."""
+        """The client does not speak SMTP: stop making events of its junk.
+
+        Lines and replies are still followed (one pending entry for the
+        whole run), so a client that turns to real commands the server
+        accepts is observed again: junk must never hide a queued message.
+        """
         self.state.not_smtp = True
-        self._cmode = _OPAQUE
-        self._pending.clear()
         out.append(NotSmtp(unknown_lines=self._unknown_run))
 
     # One method per verb: what the command does to the FIFO, stage and modes.
@@ -373,10 +445,13 @@ class Observer:
 
     def _cmd_bdat(self, args: bytes, initial: bytes | None, out: list[Event]) -> None:
         size, last = parse_bdat(args)
-        self._push(_BDAT_LAST if last else "BDAT")
-        if size is None:
-            return  # the server will refuse it; no chunk bytes are framed
         st = self.state
+        if size is None or not st.chunking:
+            # Refused (qmail-smtpd: 502): no chunk follows, the bytes after it
+            # are commands.  RFC 3030: only a server that offered CHUNKING
+            # reads a chunk.
+            self._push("BDAT")
+            return
         st.stage = STAGE_BDAT
         if self._body is None:
             self._new_message("bdat", dot_mode=False)
@@ -395,34 +470,113 @@ class Observer:
     def _start_hold(self, verb: str) -> None:
         self._cmode = _HOLD
         self._hold_for = verb
-        self._hold_dropped = 0
+        self._reset_overflow()
+
+    def _reset_overflow(self) -> None:
+        self._over_bytes = 0  # held bytes past the bound: counted, not kept
+        self._over_lines = 0  # ... and their LFs, should they be commands
+        self._over_tail = False  # ... ending inside a line
+        self._spec: BodyScanner | None = None  # ... scanned as the body a 354 would make
+        self._spec_events: list[Event] = []
+        self._spec_done = False  # the speculative body reached its end marker
+        self._after_lines = 0  # LFs after that end marker (commands if 354)
+        self._after_tail = False
+        self._after_bytes = 0
+        self._recent = b""  # the last _RECENT_BYTES held past the bound, parsed at release
 
     def _hold_data(self, data: bytes, out: list[Event]) -> None:
         hold = self._hold
-        if not hold and not self._hold_dropped:
-            pending = len(self._pending)
-            self._violation("after_" + (self._hold_for or "").lower(), None, pending, out)
+        if not hold and not self._over_bytes and self._hold_for != "TLS":
+            self._violation("after_" + (self._hold_for or "").lower(), None,
+                            len(self._pending), out)
+        if self._over_bytes:
+            self._overflow(data)
+            return
         room = self.max_line_bytes - len(hold)
         if len(data) <= room:
             hold += data
             return
         hold += data[:room]
         if self._hold_for == "DATA":
-            # A client that streams its body without waiting: take it as body.
-            self._early_body = True
-            self._begin_body(out)
-            self._client_data(data[room:], out)
-        else:
-            self._hold_dropped = _cap(self._hold_dropped + len(data) - room, BYTES_CAP)
+            # A client that streams its body before the 354: scan it as the
+            # body it will be if the server says 354, from its first byte.
+            st = self.state
+            self._spec = BodyScanner(MessageStats(_cap(st.messages + 1), "data"), True)
+            self._spec_feed(bytes(hold))
+        self._overflow(data[room:])
+
+    def _overflow(self, data: bytes) -> None:
+        """Bytes held past the bound: counted both ways, kept neither."""
+        self._over_bytes = _cap(self._over_bytes + len(data), BYTES_CAP)
+        self._over_lines = _cap(self._over_lines + data.count(b"\n"))
+        self._over_tail = data[-1:] != b"\n"
+        recent = self._recent + data if len(data) < _RECENT_BYTES else data
+        self._recent = recent[-_RECENT_BYTES:]
+        if self._spec is not None:
+            self._spec_feed(data)
+
+    def _spec_feed(self, data: bytes) -> None:
+        if not self._spec_done:
+            assert self._spec is not None
+            used, events, done = self._spec.feed(data)
+            room = _MAX_SPEC_EVENTS - len(self._spec_events)
+            if room > 0:
+                self._spec_events += events[:room]
+            if not done:
+                return
+            self._spec_done = True
+            data = data[used:]
+        if data:
+            self._after_lines = _cap(self._after_lines + data.count(b"\n"))
+            self._after_tail = data[-1:] != b"\n"
+            self._after_bytes = _cap(self._after_bytes + len(data), BYTES_CAP)
 
     def _release_hold(self, out: list[Event]) -> None:
         """The held command was refused: the held bytes are commands again."""
         held = bytes(self._hold)
+        over, lines, tail = self._over_bytes, self._over_lines, self._over_tail
+        recent = self._recent
         self._hold.clear()
         self._hold_for = None
+        self._reset_overflow()
         self._cmode = _CMD
         if held:
             self._client_data(held, out)
+        if over:
+            self._unseen(lines, tail, over, recent, over, out)
+
+    def _unseen(self, lines: int, tail: bool, nbytes: int, recent: bytes, region: int,
+                out: list[Event]) -> None:
+        """Commands held past the bound: parse what was kept, keep the replies matched.
+
+        ``lines`` LFs ended in the ``nbytes`` not kept whole, ``tail`` says one
+        more line goes on in the next bytes.  ``recent`` ends where they end;
+        its last ``region`` bytes belong to them.  The server answers every
+        line: the ones we cannot read become one pending run.
+        """
+        st = self.state
+        if self._cmode == _HOLD:  # the held bytes began another hold
+            self._over_bytes = _cap(self._over_bytes + nbytes, BYTES_CAP)
+            self._over_lines = _cap(self._over_lines + lines)
+            self._over_tail = tail
+            self._recent = recent
+            return
+        if self._cmode != _CMD:
+            return  # a BDAT chunk began in what we kept: bytes only
+        if region <= len(recent):
+            parse = recent[len(recent) - region:]  # all of it was kept: no guess
+        else:
+            lf = recent.find(b"\n")
+            parse = recent[lf + 1:] if lf >= 0 else b""
+            unseen = lines - parse.count(b"\n")
+            if unseen > 0:
+                self._creader.clear()
+                self._push(_UNSEEN, None, unseen)
+                st.unseen_lines = _cap(st.unseen_lines + unseen)
+            if lf < 0:
+                self._creader.skip()  # the line in progress began out of sight
+        if parse:
+            self._client_data(parse, out)
 
     # -- bodies ------------------------------------------------------------
 
@@ -433,16 +587,33 @@ class Observer:
         self._body = BodyScanner(st.message, dot_mode)
 
     def _begin_body(self, out: list[Event]) -> None:
+        """354: the held bytes are the body (scanned already past the bound)."""
         st = self.state
-        self._new_message("data", dot_mode=True)
+        spec = self._spec
+        if spec is None:
+            self._new_message("data", dot_mode=True)
+        else:
+            st.messages = spec.stats.message
+            st.message = spec.stats
+            self._body = spec
         out.append(DataStart(message=st.messages, method="data"))
         st.stage = STAGE_DATA_BODY
         held = bytes(self._hold)
         self._hold.clear()
         self._hold_for = None
         self._cmode = _BODY
-        if held:
-            self._client_data(held, out)
+        if spec is None:
+            if held:
+                self._client_data(held, out)
+            return
+        out += self._spec_events
+        done, lines, tail = self._spec_done, self._after_lines, self._after_tail
+        after, recent = self._after_bytes, self._recent
+        self._reset_overflow()
+        if done:
+            self._end_data(out)
+            if after:
+                self._unseen(lines, tail, after, recent, after, out)
 
     def _data_end_event(self) -> DataEnd:
         m = self.state.message
@@ -457,7 +628,9 @@ class Observer:
         self._push(_DATA_END)
 
     def _end_bdat_chunk(self, out: list[Event]) -> None:
+        """The chunk is read: its reply is due now (pushed here, not at the command)."""
         self._cmode = _CMD
+        self._push(_BDAT_LAST if self._bdat_last else "BDAT")
         if self._bdat_last:
             m = self.state.message
             assert m is not None
@@ -477,22 +650,38 @@ class Observer:
         if not data:
             self._server_eof(out)
             return out
-        st.server_bytes = _cap(st.server_bytes + len(data), BYTES_CAP)
-        self._server_seen = True
+        base = st.server_bytes
+        st.server_bytes = _cap(base + len(data), BYTES_CAP)
+        if not self._server_seen:
+            self._server_seen = True
+            if self._hold_for == "TLS":
+                self._implicit_tls(data[0] in _TLS_RECORD_TYPES, out)
         pos = 0
         n = len(data)
         while pos < n:
             if self._server_tls:
-                out += self._tls.feed_server(data[pos:] if pos else data)
-                break
-            if self._cmode == _OPAQUE:
+                chunk = data[pos:] if pos else data
+                if not st.tls_active and chunk[0] in _TLS_RECORD_TYPES:
+                    st.tls_active = True  # TLS only once the server speaks it
+                out += self._tls.feed_server(chunk)
                 break
             line, pos, cut_now, truncated = self._sreader.next_line(data, pos)
             if cut_now:
                 self._line_too_long("server", out)
             if line is not None:
+                self._reply_end = base + pos
                 self._server_line(line, truncated, out)
         return out
+
+    def _implicit_tls(self, tls: bool, out: list[Event]) -> None:
+        """The client opened with 0x16: SMTPS if the server answers in TLS, else SMTP."""
+        if tls:
+            self._start_tls(out, implicit=True)
+            return
+        st = self.state
+        st.early_talker = True
+        out.append(EarlyTalker())
+        self._release_hold(out)
 
     def _server_line(self, line: bytes, truncated: bool, out: list[Event]) -> None:
         parsed = parse_reply_line(line)
@@ -511,10 +700,13 @@ class Observer:
     def _reply(self, r: CompleteReply, out: list[Event]) -> None:
         st = self.state
         stage = st.stage
-        verb = self._pending.pop(0) if self._pending else None
+        wait = self._pop()
+        verb = wait.verb if wait is not None else None
         challenge = verb == "AUTH" and r.code == 334 and self._auth is not None
         if challenge:
-            self._pending.insert(0, "AUTH")  # the final reply is still to come
+            self._pending.insert(0, _Wait("AUTH", wait.arg, 1))  # type: ignore[union-attr]
+        elif verb == _BDAT_LAST and r.code == 503:
+            verb = "BDAT"  # out of sequence: the message never reached a queue
         st.pending = len(self._pending)
         st.last_reply_code = r.code
         st.last_reply_enhanced = r.enhanced
@@ -529,15 +721,27 @@ class Observer:
             if st.stage == STAGE_CONNECT:
                 st.stage = STAGE_BANNER
             return
-        out.append(Reply(code=r.code, enhanced=r.enhanced, text=r.text, lines=r.lines,
-                         command=verb, in_stage=stage, truncated=r.truncated))
+        junk = wait is not None and wait.junk
+        if not junk:
+            out.append(Reply(code=r.code, enhanced=r.enhanced, text=r.text, lines=r.lines,
+                             command=verb, in_stage=stage, truncated=r.truncated))
         if challenge:
             return
+        if verb is None and self._body is not None:
+            st.unsolicited_replies = _cap(st.unsolicited_replies + 1)
+            self._data_rejected(r, stage, out)
+            return
+        if r.code >= 400:
+            self._reject(r, wait, stage, junk, out)
         if verb is None:
             st.unsolicited_replies = _cap(st.unsolicited_replies + 1)
-            if self._body is not None:
-                self._data_rejected(r, stage, out)
             return
+        if verb in _END_OF_MESSAGE:
+            st.end_reply_offset = self._reply_end
+        if verb == _UNSEEN:
+            return
+        if st.not_smtp and verb in _SPEAKS_SMTP and 200 <= r.code < 400:
+            st.not_smtp = False  # back to commands the server accepts
         bump(st.accepted if 200 <= r.code < 400 else st.rejected, verb)
         handler = getattr(self, "_reply_" + verb.lower(), None)
         if handler is not None:
@@ -560,12 +764,26 @@ class Observer:
         if r.code == 250:
             self.state.pipelining = False
 
+    def _reject(self, r: CompleteReply, wait: _Wait | None, stage: str, junk: bool,
+                out: list[Event]) -> None:
+        """A 4xx/5xx reply: counted always, a Reject event for the first few."""
+        st = self.state
+        st.rejects = _cap(st.rejects + 1)
+        if junk or st.rejects > MAX_REJECT_EVENTS:
+            st.rejects_unlogged = _cap(st.rejects_unlogged + 1)
+            return
+        verb = wait.verb if wait is not None else None
+        out.append(Reject(code=r.code, enhanced=r.enhanced, text=r.text,
+                          command=None if verb == _GREETING else verb,
+                          arg=wait.arg if wait is not None else None, in_stage=stage,
+                          truncated=r.truncated))
+
     def _reply_data(self, r: CompleteReply, out: list[Event]) -> None:
-        if self._early_body:
-            self._early_body = False
-        elif r.code == 354:
+        if self._hold_for != "DATA" or self._cmode != _HOLD:
+            return  # nothing held for this DATA (replies out of step)
+        if r.code == 354:
             self._begin_body(out)
-        elif self._cmode == _HOLD:
+        else:
             self._release_hold(out)
 
     def _reply_data_end(self, r: CompleteReply, out: list[Event]) -> None:
@@ -623,7 +841,6 @@ class Observer:
 
     def _start_tls(self, out: list[Event], implicit: bool) -> None:
         st = self.state
-        st.tls_active = True
         st.tls_implicit = implicit
         st.stage = STAGE_TLS
         out.append(StartTLS(implicit=implicit))
@@ -635,12 +852,14 @@ class Observer:
         self._auth = None
         self._body = None
         held = bytes(self._hold)
+        dropped = self._over_bytes
         self._hold.clear()
-        if held or self._hold_dropped:
-            if held[:1] == bytes((_TLS_HANDSHAKE,)) and not self._hold_dropped:
+        self._reset_overflow()
+        if held or dropped:
+            if held[:1] == bytes((_TLS_HANDSHAKE,)) and not dropped:
                 out += self._tls.feed_client(held)  # an eager ClientHello
-            else:
-                length = _cap(len(held) + self._hold_dropped, BYTES_CAP)
+            elif not implicit:
+                length = _cap(len(held) + dropped, BYTES_CAP)
                 st.starttls_injection = length
                 out.append(StartTLSInjection(length=length))
         self._hold_for = None
@@ -657,10 +876,9 @@ class Observer:
         st.client_closed = True
         if self._cmode == _TLS:
             out += self._tls.feed_client(b"")
-        partial = self._creader.clear() + len(self._hold) + self._hold_dropped
+        partial = self._creader.clear() + len(self._hold) + self._over_bytes
         self._hold.clear()
-        pending = len(self._pending) - (self._pending[:1] == [_GREETING])
-        out.append(PeerClosed(peer="client", stage=st.stage, pending=pending,
+        out.append(PeerClosed(peer="client", stage=st.stage, pending=self._waiting(),
                               partial_bytes=_cap(partial, BYTES_CAP)))
 
     def _server_eof(self, out: list[Event]) -> None:
@@ -669,7 +887,8 @@ class Observer:
         if self._server_tls:
             out += self._tls.feed_server(b"")
         partial = self._sreader.clear()
-        pending = len(self._pending) - (self._pending[:1] == [_GREETING])
-        out.append(PeerClosed(peer="server", stage=st.stage, pending=pending,
+        if self._hold_for == "TLS" and self._cmode == _HOLD:
+            st.tls_unanswered = True  # a ClientHello the server closed on
+        out.append(PeerClosed(peer="server", stage=st.stage, pending=self._waiting(),
                               partial_bytes=partial))
 

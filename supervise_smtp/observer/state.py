@@ -149,7 +149,8 @@ class SessionState(_Record):
         "pipelining_violations", "early_talker", "starttls_injection",
         "lines_too_long", "pending", "pending_dropped", "unsolicited_replies",
         "malformed_replies", "client_bytes", "server_bytes", "client_closed",
-        "server_closed", "not_smtp",
+        "server_closed", "not_smtp", "rejects", "rejects_unlogged", "end_reply_offset",
+        "unseen_lines", "tls_unanswered",
     )
 
     def __init__(self) -> None:
@@ -196,8 +197,19 @@ class SessionState(_Record):
         self.server_bytes = 0
         self.client_closed = False
         self.server_closed = False
-        # The client was taken for something other than SMTP (NotSmtp): not parsed.
+        # The client is taken for something other than SMTP (NotSmtp): its
+        # unknown lines make no events; cleared when the server accepts a command.
         self.not_smtp = False
+        # 4xx/5xx replies, and how many of them got no Reject event (bounded).
+        self.rejects = 0
+        self.rejects_unlogged = 0
+        # Server stream offset just past the reply to the last end of data:
+        # the reply reached the client once that many bytes were written to it.
+        self.end_reply_offset: int | None = None
+        # Client lines held past the hold bound, answered but never parsed.
+        self.unseen_lines = 0
+        # The client opened with a TLS hello and the server closed without a byte.
+        self.tls_unanswered = False
 
 
 def bump(table: dict[str, int], key: str) -> None:

@@ -121,7 +121,8 @@ def test_observer_command_parsed(line, verb, address, params):
      "data_end"),
     ([BANNER, *EHLO, ("C", b"DATA\r\n"), ("S", b"354 go\r\n"), ("C", b"x\r\n.\r\n"),
       ("S", b"250 ok\r\n")], "data_end"),
-    ([BANNER, *EHLO, ("C", b"BDAT 3\r\nabc")], "bdat"),
+    ([BANNER, ("C", b"EHLO c\r\n"), ("S", b"250-mx\r\n250 CHUNKING\r\n"),
+      ("C", b"BDAT 3\r\nabc")], "bdat"),
     ([BANNER, *EHLO, ("C", b"STARTTLS\r\n")], "starttls"),
     ([BANNER, *EHLO, ("C", b"STARTTLS\r\n"), ("S", b"454 no TLS\r\n")], "ehlo"),
     ([BANNER, *EHLO, ("C", b"AUTH LOGIN\r\n")], "auth"),
@@ -330,6 +331,7 @@ EVENT_KEYS = {
     "nul_byte": "message line offset",
     "peer_closed": "peer stage pending partial_bytes",
     "pipelining_violation": "kind verb pending",
+    "reject": "code enhanced text command arg in_stage truncated",
     "reply": "code enhanced text lines command in_stage truncated",
     "smuggling": "message variant line offset",
     "starttls": "implicit",
@@ -347,20 +349,35 @@ def test_observer_event_names_and_keys_snapshot():
 
 
 def test_observer_not_smtp_after_twenty_unknown_lines():
-    """HTTP or garbage: one NotSmtp after 20 unknown lines, then neither side is parsed."""
+    """HTTP or garbage: one NotSmtp after 20 unknown lines; from there unknown lines and
+    their replies make no events and take one pending entry, however many they are."""
     obs = Observer()
     obs.feed_server(b"220 mx ESMTP\r\n")
     junk = b"GET / HTTP/1.1\r\n" + b"X-Header: value\r\n" * 18
     events = obs.feed_client(junk)
     assert not of(events, NotSmtp) and len(of(events, Command)) == 19
-    events = obs.feed_client(b"Accept: */*\r\n" + bytes(range(256)) * 64 + b"MAIL FROM:<a@b>\r\n")
+    events = obs.feed_client(b"Accept: */*\r\n" + b"\n" * 5000)
     assert events == [NotSmtp(unknown_lines=20)]  # the 20th line; the rest is only counted
-    assert obs.state.not_smtp and obs.state.sent == {"UNKNOWN": 20}
-    assert obs.feed_server(b"502 unimplemented (#5.5.1)\r\n" * 20) == []
-    assert obs.feed_client(b"DATA\r\n") == []
-    assert obs.state.client_bytes == len(junk) + 13 + 256 * 64 + 17 + 6
-    assert obs.state.server_bytes == 14 + 28 * 20
+    assert obs.state.not_smtp and obs.state.sent == {"UNKNOWN": 5020}
+    assert len(obs._pending) == 20  # 19 answered one by one, then one run of 5001
+    events = obs.feed_server(b"502 unimplemented (#5.5.1)\r\n" * 5020)
+    assert len(of(events, Reply)) == 19 and not obs._waiting()
+    assert (obs.state.rejects, obs.state.rejects_unlogged) == (5020, 5010)
+    assert obs.state.server_bytes == 14 + 28 * 5020
     assert names(obs.close_client() + obs.close_server()) == ["PeerClosed", "PeerClosed"]
+
+
+def test_observer_not_smtp_never_hides_a_message_the_server_accepted():
+    """20 junk lines (502 each), then a real session: the message is seen and queued."""
+    obs = Observer()
+    steps = [("S", b"220 mx ESMTP\r\n"), ("C", b"junk\r\n" * 20),
+             ("S", b"502 unimplemented (#5.5.1)\r\n" * 20)]
+    steps += smtp_session(b"Subject: x\r\n\r\nhi\r\n")[1:]
+    events = feed(steps, obs)
+    assert of(events, NotSmtp) == [NotSmtp(unknown_lines=20)]
+    st = obs.state
+    assert not st.not_smtp and st.messages == 1 and st.messages_queued == 1
+    assert st.quit_answered and len(of(events, DataEnd)) == 1
 
 
 def test_observer_not_smtp_needs_unknown_lines_in_a_row():

@@ -14,12 +14,14 @@ BODY_PIECES = [b"text", b"\r\n", b"\n", b"\r", b".", b"..", b"\x00", b"\xe9", b"
                b"\n.\n", b"\r\n.\r", b"x" * 997, b" "]
 SERVER_REPLIES = [b"250 ok\r\n", b"250-multi\r\n250 line\r\n", b"354 go\r\n", b"334 \r\n",
                   b"235 ok\r\n", b"451 See https://cr.yp.to/docs/smtplf.html.\r\n",
-                  b"220 ready\r\n", b"221 bye\r\n", b"500 what\r\n", b"garbage\r\n"]
+                  b"220 ready\r\n", b"221 bye\r\n", b"500 what\r\n", b"garbage\r\n",
+                  b"503 MAIL first (#5.5.1)\r\n", b"\x16\x03\x03\x00\x01z"]
 COMMANDS = [b"EHLO x\r\n", b"MAIL FROM:<a@b> SIZE=10\r\n", b"RCPT TO:<c@d>\r\n", b"DATA\r\n",
             b"RSET\r\n", b"NOOP\r\n", b"VRFY x\r\n", b"QUIT\r\n", b"AUTH PLAIN AGFAAGI=\r\n",
             b"AUTH LOGIN\r\n", b"YWxpY2U=\r\n", b"BDAT 4\r\nabcd", b"BDAT 3 LAST\r\nxyz",
             b"STARTTLS\r\n", b"\x16\x03\x01\x00\x01z", b"HELP\r\n",
-            b"GET / x\r\n" * 10]  # two in a row: not_smtp, and both sides go opaque
+            b"DATA\0x\r\n", b"DATA\r\n" + b"pipelined body line\r\n" * 20,
+            b"GET / x\r\n" * 10]  # two in a row: not_smtp
 
 steps_strategy = st.lists(
     st.one_of(

@@ -126,6 +126,7 @@ def test_tls_split_does_not_change_events_or_bytes():
 def test_tls_default_parser_is_supervise_smtp_tls():
     """Without a factory, the real TLSStream is loaded lazily and parses the records."""
     obs = Observer()
-    events = feed([("C", HELLO), ("C", b""), ("S", b"")], obs)
+    events = feed([("C", HELLO), ("S", b"\x15\x03\x03\x00\x02\x02\x28"), ("C", b""),
+                   ("S", b"")], obs)
     assert type(obs._tls).__module__ == "supervise_smtp.tls"
     assert names(events)[0] == "StartTLS"
