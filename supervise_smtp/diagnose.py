@@ -4,7 +4,7 @@ Everything the session saw is gathered in ``Facts``; ``diagnose(facts)``
 decides.  The verdict names are an API (docs/verdicts.md): never rename one.
 Precedence, first that applies (DESIGN.md "Verdicts"):
 
-  wrapper_error, server_crashed, bare_lf, timeout, tls_failed,
+  wrapper_error, stopped, server_crashed, bare_lf, timeout, tls_failed,
   queue_perm_fail, queue_temp_fail, client_lost_after_<stage>, rejected, ok
 
 and ``unknown`` only where nothing fits.  Whatever else happened stays on the
@@ -32,7 +32,7 @@ def client_lost(stage: str) -> str:
 
 
 VERDICTS = ("ok", "bare_lf", "timeout", "queue_temp_fail", "queue_perm_fail", "rejected",
-            "tls_failed", "server_crashed", "wrapper_error", "unknown",
+            "tls_failed", "server_crashed", "wrapper_error", "unknown", "stopped",
             *(client_lost(s) for s in STAGES))
 
 # Counted verbs, in summary order; "data" is messages accepted / DATA sent.
@@ -49,6 +49,7 @@ class Facts:
         "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
+        "stopped_by",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -77,6 +78,7 @@ class Facts:
     queue_watch_pid: int | None  # the queue program seen under the child at DATA
     queue_outlived: bool  # ... and still alive after the child was gone
     queue_reaped: dict[str, object] | None  # --subreaper: its own exit/signal
+    stopped_by: list[str] | None  # TERM/HUP/INT we received and passed on (SIGTERM...)
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -101,12 +103,40 @@ def _reply_text(code: int | None, text: bytes | None) -> bytes | None:
     return str(code).encode() + (b" " + text if text else b"")
 
 
+def _stopped(f: Facts) -> str | None:
+    """The operator's signal that ended the child, if one did (verdict ``stopped``).
+
+    We received TERM, HUP or INT (svc -d, a reload, a shutdown, where init
+    signals us and the child alike) and passed it on; then the child died of
+    one of them, or exited without the session ending as it should (QUIT
+    sent and exit 0 or QUIT answered, or exit 0 where QUIT cannot be read:
+    inside TLS, after the not-SMTP cut-over).  A child that survives HUP and
+    finishes its session is judged on the session; one killed by another
+    signal (SEGV) crashed.
+    """
+    st = f.state
+    if not f.stopped_by or st is None:
+        return None
+    if f.signal is not None:
+        return f.signal_name if f.signal_name in f.stopped_by else None
+    if st.quit_sent and (st.quit_answered or f.exit_code == 0):
+        return None
+    if f.exit_code == 0 and (st.tls_active or st.not_smtp):
+        return None
+    return f.stopped_by[-1]
+
+
 def _decide(f: Facts) -> tuple[str, str]:
     st = f.state
     if f.wrapper_error:
         return "wrapper_error", str(f.wrapper_error)
     if st is None:
         return "wrapper_error", "the SMTP conversation was not observed"
+    stopped = _stopped(f)
+    if stopped is not None:
+        return "stopped", (f"supervise-smtp received {stopped} and passed it on: child "
+                           + (f"killed by {f.signal_name}" if f.signal is not None
+                              else f"exited {f.exit_code}") + f" in stage {st.stage}")
     rej = st.data_rejected
     last_code, last_text = st.last_reply_code, st.last_reply_text or b""
     smtplf = rej is not None and is_smtplf(rej.code, rej.text or b"")
@@ -207,6 +237,8 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
     verdict, reason = _decide(f)
     st = f.state
     fields: dict[str, object] = {"stage": _stage(verdict, f), "reason": reason}
+    if verdict == "stopped":
+        fields["stopped_by"] = _stopped(f)
     if st is not None:
         fields.update(_counts(st))
     fields["bytes_in"] = f.bytes_in

@@ -253,8 +253,19 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             except OSError:
                 pass
 
+    stop_signals: list[int] = []  # TERM, HUP, INT sent to us while the child ran
+
+    def forward(signum: int, _frame: object) -> None:
+        """An operator's signal (svc -d, a reload, shutdown) goes on to the child.
+
+        Remembered for the verdict ``stopped``; ALRM is forwarded, not an order to stop.
+        """
+        if signum != _signal.SIGALRM and not reaped and signum not in stop_signals:
+            stop_signals.append(signum)
+        signal_child(signum)
+
     for sig in FORWARDED_SIGNALS:
-        _signal.signal(sig, lambda signum, _frame: signal_child(signum))
+        _signal.signal(sig, forward)
     subreaper_error = None
     if opts.subreaper:
         from supervise_smtp.process import become_subreaper
@@ -375,6 +386,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             facts.scanner_died_pid = facts.scanner_died_pid or queue[-1][0]
             out.emit("queue_parent_died", queue_pid=queue[-1][0], **facts.queue_reaped)
     status = reaped[0]
+    facts.stopped_by = [signal_name(s) for s in stop_signals]
     if tap.observer.state.not_smtp:
         facts.notes.append("not_smtp")
     if relay.tap_error is not None:

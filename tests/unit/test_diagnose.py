@@ -223,3 +223,95 @@ def test_diagnose_not_smtp_verdicts():
     verdict, fields = judge(BANNER + junk + refused + [("C", b""), ("S", b"")], exit_code=1,
                             notes=["not_smtp"])
     assert verdict == "client_lost_after_banner" and fields["notes"] == ("not_smtp",)
+
+
+# ---------------------------------------------------------------- stopped (issue 10, item 7)
+
+MID_SESSION = BANNER + HELO + ENVELOPE + DATA + [("C", b"Subject: t\r\n\r\nhal")]
+
+
+def test_diagnose_stopped_child_killed_by_the_signal_we_forwarded():
+    """TERM sent to the wrapper (svc -d, shutdown) and passed on killed the child: stopped.
+
+    The same death without the wrapper having been signalled (someone killed
+    qmail-smtpd alone) stays server_crashed.
+    """
+    steps = MID_SESSION + [("S", b""), ("C", b"")]
+    verdict, fields = judge(steps, exit_code=None, signal=15, signal_name="SIGTERM",
+                            stopped_by=["SIGTERM"])
+    assert verdict == "stopped"
+    assert fields["reason"] == ("supervise-smtp received SIGTERM and passed it on: "
+                                "child killed by SIGTERM in stage data_body")
+    assert (fields["stopped_by"], fields["stage"]) == ("SIGTERM", "data_body")
+    verdict, fields = judge(steps, exit_code=None, signal=15, signal_name="SIGTERM")
+    assert (verdict, fields["reason"]) == ("server_crashed", "child killed by SIGTERM")
+    assert "stopped_by" not in fields
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGINT"])
+def test_diagnose_stopped_by_hup_and_int(name):
+    """HUP (a reload) and INT are operator signals too."""
+    verdict, fields = judge(MID_SESSION + [("S", b""), ("C", b"")], exit_code=None,
+                            signal=1 if name == "SIGHUP" else 2, signal_name=name,
+                            stopped_by=[name])
+    assert (verdict, fields["stopped_by"]) == ("stopped", name)
+
+
+def test_diagnose_stopped_child_exited_after_the_signal():
+    """A child that catches TERM, says 421 and exits before QUIT was stopped, not rejected."""
+    steps = BANNER + HELO + [("S", b"421 shutting down\r\n"), ("S", b""), ("C", b"")]
+    verdict, fields = judge(steps, exit_code=1, stopped_by=["SIGTERM"])
+    assert verdict == "stopped"
+    assert fields["reason"] == ("supervise-smtp received SIGTERM and passed it on: "
+                                "child exited 1 in stage ehlo")
+    assert fields["stopped_by"] == "SIGTERM"
+    verdict, _ = judge(steps, exit_code=1)
+    assert verdict == "rejected"
+
+
+def test_diagnose_stopped_precedence():
+    """wrapper_error, then stopped, then server_crashed, bare_lf, timeout, the rest."""
+    killed = {"exit_code": None, "signal": 15, "signal_name": "SIGTERM",
+              "stopped_by": ["SIGTERM"]}
+    verdict, _ = judge(MID_SESSION + [("S", b"")], wrapper_error="observer failed", **killed)
+    assert verdict == "wrapper_error"
+    # a bare LF and the server's 451 timeout both came before the stop
+    body = [("C", b"Subject: t\r\n\r\nline\nx")]
+    verdict, _ = judge(BANNER + HELO + ENVELOPE + DATA + body + [("S", SMTPLF), ("S", b"")],
+                       **killed)
+    assert verdict == "stopped"
+    verdict, _ = judge(BANNER + HELO + [("S", b"451 timeout (#4.4.2)\r\n"), ("S", b"")],
+                       exit_code=1, stopped_by=["SIGINT"])
+    assert verdict == "stopped"
+    verdict, _ = judge(MID_SESSION + [("C", b""), ("S", b"")], exit_code=1,
+                       stopped_by=["SIGTERM"])
+    assert verdict == "stopped"  # not client_lost_after_data_body
+
+
+def test_diagnose_hup_survivor_is_not_stopped():
+    """A child that survives HUP and ends the session with QUIT answered is ok."""
+    steps = BANNER + HELO + ENVELOPE + DATA + BODY + [
+        ("S", b"250 ok 1732537200 qp 4242\r\n")] + QUIT
+    verdict, fields = judge(steps, exit_code=0, stopped_by=["SIGHUP"])
+    assert (verdict, fields["reason"]) == ("ok", "QUIT answered")
+    assert "stopped_by" not in fields
+
+
+def test_diagnose_other_signal_after_a_forwarded_one_is_a_crash():
+    """A SEGV after we passed on HUP is still a crash: the child was not killed by our signal."""
+    verdict, fields = judge(MID_SESSION + [("S", b"")], exit_code=None, signal=11,
+                            signal_name="SIGSEGV", stopped_by=["SIGHUP"])
+    assert (verdict, fields["reason"]) == ("server_crashed", "child killed by SIGSEGV")
+    assert "stopped_by" not in fields
+
+
+def test_diagnose_stopped_is_a_verdict_not_alerted_by_default():
+    """stopped can be named in --alert-on and --capture-when, and is not in the default set."""
+    from supervise_smtp.alert import DEFAULT_ON, parse_verdicts
+    from supervise_smtp.cli import parse
+
+    assert "stopped" in VERDICTS
+    assert "stopped" not in DEFAULT_ON
+    assert parse_verdicts("stopped,server_crashed") == {"stopped", "server_crashed"}
+    opts, _ = parse(["--capture", "/tmp", "--capture-when", "stopped", "qmail-smtpd"])
+    assert opts["capture-when"] == "stopped"
