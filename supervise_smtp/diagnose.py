@@ -168,6 +168,8 @@ def _decide(f: Facts) -> tuple[str, str]:
         return "tls_failed", f"fatal TLS alert {description} from the {direction}"
     if f.tls_started and not f.tls_hello_done:
         return "tls_failed", "TLS handshake cut before the ServerHello"
+    if st.tls_unanswered:
+        return "tls_failed", "the server closed without answering the client's TLS hello"
     perm = [r for r in f.end_replies if 500 <= r[0] < 600]
     temp = [r for r in f.end_replies if 400 <= r[0] < 500]
     if perm:
@@ -261,9 +263,10 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
                 fields["queued"] = "unknown"  # '.' sent, no reply seen
             else:
                 fields["queued"] = "no"
-            if f.end_replies:
-                lost = bool(f.client_gone) or bool(f.reply_after_client_eof)
-                fields["reply_delivered"] = "no" if lost else "yes"
+            if f.end_replies and st.end_reply_offset is not None:
+                # written to the client's socket, all of it: bytes, not guesses
+                delivered = f.bytes_out >= st.end_reply_offset
+                fields["reply_delivered"] = "yes" if delivered else "no"
             if msg.bare_lf_count:
                 fields["bare_lf"] = msg.bare_lf_count
                 fields["bare_lf_line"] = msg.bare_lf_first_line
@@ -288,6 +291,9 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
         fields["queue_signal"] = f.queue_reaped.get("signal")
     if f.queue_notes:
         fields["queue_notes"] = tuple(f.queue_notes)
+    if st is not None and st.rejects:
+        fields["rejects"] = st.rejects
+        fields["rejects_unlogged"] = st.rejects_unlogged or None
     if f.notes:
         fields["notes"] = tuple(f.notes)
     if st is not None:

@@ -30,6 +30,8 @@ def judge(steps, exit_code=1, first_close=None, **facts):
         if data == b"" and closed is None:
             closed = "client" if side == "C" else "server"
     f.state = tap.observer.state
+    if "bytes_out" not in facts:  # the relay wrote every server byte to the client
+        f.bytes_out = f.state.server_bytes
     f.exit_code = exit_code
     f.first_close = first_close or closed
     return diagnose(f)
@@ -116,11 +118,29 @@ def test_diagnose_client_lost_after_stage(steps, stage):
 
 
 def test_diagnose_client_lost_after_data_end_is_a_duplicate():
-    """Client gone right after '.', message queued: queued=yes, reply not delivered."""
+    """Client gone right after '.', message queued, the 250 never written: a duplicate."""
+    before = sum(len(d) for side, d in BANNER + HELO + ENVELOPE + DATA if side == "S")
     verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY + [("C", b"")]
-                            + [("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")])
+                            + [("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")],
+                            bytes_out=before, client_gone=True)
     assert verdict == "client_lost_after_data_end"
     assert (fields["queued"], fields["reply_delivered"], fields["queue_pid"]) == ("yes", "no", 77)
+
+
+@pytest.mark.parametrize("short", [0, 1, 20])
+def test_diagnose_reply_delivered_means_its_bytes_were_written(short):
+    """reply_delivered counts the reply's bytes written to the client, whoever closed first.
+
+    A client that half-closes after '.' and keeps reading gets the 250: yes.  One
+    byte of it missing is a no.
+    """
+    steps = BANNER + HELO + ENVELOPE + DATA + BODY + [("C", b"")] + [
+        ("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")]
+    total = sum(len(d) for side, d in steps if side == "S")
+    verdict, fields = judge(steps, bytes_out=total - short)
+    assert verdict == "client_lost_after_data_end"
+    assert fields["queued"] == "yes"
+    assert fields["reply_delivered"] == ("yes" if short == 0 else "no")
 
 
 def test_diagnose_rejected_after_5xx_only():
@@ -192,7 +212,8 @@ def test_diagnose_encrypted_session_exit_0_is_ok():
     """QUIT inside TLS cannot be read; exit 0 after a TLS session is ok, not a lost client."""
     steps = BANNER + [("C", b"EHLO c\r\n"), ("S", b"250-mx\r\n250 STARTTLS\r\n"),
                       ("C", b"STARTTLS\r\n"), ("S", b"220 go ahead\r\n"),
-                      ("C", b"\x16\x03\x01\x00\x00"), ("C", b""), ("S", b"")]
+                      ("C", b"\x16\x03\x01\x00\x00"), ("S", b"\x16\x03\x03\x00\x00"),
+                      ("C", b""), ("S", b"")]
     verdict, fields = judge(steps, exit_code=0, tls_hello_done=True)
     assert verdict == "ok"
     assert fields["tls"] is True
@@ -209,19 +230,23 @@ def test_diagnose_wrapper_timeout_owns_the_kill():
 
 
 def test_diagnose_not_smtp_verdicts():
-    """After not_smtp neither replies nor QUIT are read: the verdict rests on the exit
-    code and who closed, so it does not depend on how the bytes interleaved."""
+    """A client still taken for not SMTP at the end is rejected (exit 0: it QUIT, or the
+    server closed) or a lost client (its EOF, exit 1), however replies interleaved."""
     junk = [("C", b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 25 + b"QUIT\r\n")]
     refused = [("S", b"502 unimplemented (#5.5.1)\r\n" * 26 + b"221 mx\r\n")]
     reason = "client not speaking SMTP (20 unknown commands in a row)"
-    for replies in (refused[:0], refused):  # replies parsed or not: the same verdict
+    for replies, commands in ((refused[:0], "0/27"), (refused, "1/27")):
         for ends in ([("S", b""), ("C", b"")], [("C", b""), ("S", b"")]):
             verdict, fields = judge(BANNER + junk + replies + ends, exit_code=0,
                                     notes=["not_smtp"])
             assert (verdict, fields["reason"]) == ("rejected", reason)
-            assert fields["notes"] == ("not_smtp",) and fields["commands"] == "0/20"
-    verdict, fields = judge(BANNER + junk + refused + [("C", b""), ("S", b"")], exit_code=1,
-                            notes=["not_smtp"])
+            assert fields["notes"] == ("not_smtp",) and fields["commands"] == commands
+            # 19 refusals logged before the cut-over, the rest only counted
+            assert (fields.get("rejects"), fields.get("rejects_unlogged")) == (
+                (26, 16) if replies else (None, None))
+    no_quit = [("C", junk[0][1].removesuffix(b"QUIT\r\n"))]
+    verdict, fields = judge(BANNER + no_quit + [("S", refused[0][1].removesuffix(b"221 mx\r\n"))]
+                            + [("C", b""), ("S", b"")], exit_code=1, notes=["not_smtp"])
     assert verdict == "client_lost_after_banner" and fields["notes"] == ("not_smtp",)
 
 

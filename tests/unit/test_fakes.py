@@ -609,3 +609,45 @@ def test_fakes_blast_matches_literal_port() -> None:
         assert sink.flagerr == flagerr, (n, body)
         if outcome == "end":
             assert mod._in_pos == consumed, (n, body)
+
+
+def test_fakes_command_parsing_like_commands_c(tmp_path: Path) -> None:
+    """commands.c: a NUL ends the line's C string (DATA\\0x is DATA), the verb runs to the
+    first space without case, a tab or CR stays part of the verb (502); BDAT is not in
+    smtpcommands[] (502) and the bytes after it are read as commands, not a chunk."""
+    script = (
+        b"ehlo helo.example\r\n"
+        b"BDAT 100000 LAST\r\nMAIL FROM:<sender@example.org>\r\n"
+        b"RCPT TO:<rcpt@example.net>\r\n"
+        b"DATA\t\r\nDATA\r\r\n\0DATA\r\n"
+        b"DATA\0junk\r\nhi\r\n.\r\nQUIT \r\n"
+    )
+    _, out, _ = session("socketpair", script, base_env(tmp_path))
+    got = replies(out)
+    assert got[1:4] == [b"250-fake.example\r\n", b"250-PIPELINING\r\n", b"250 8BITMIME\r\n"]
+    rest = got[4:]
+    assert rest[:4] == [b"502 unimplemented (#5.5.1)\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                        b"502 unimplemented (#5.5.1)\r\n"]
+    assert rest[4:7] == [b"502 unimplemented (#5.5.1)\r\n"] * 2 + [b"354 go ahead\r\n"]
+    assert OK_QP.fullmatch(rest[7]) and rest[8].startswith(b"221 ")
+
+
+def test_fakes_refused_data_reads_the_body_as_commands(tmp_path: Path) -> None:
+    """503 to DATA before MAIL: qmail-smtpd reads the pipelined body line by line, one
+    reply each (502 for text, 250 for a line that happens to be NOOP), nothing queued."""
+    script = b"HELO h\r\nDATA\r\nSubject: x\r\n\r\nnoop\r\n.\r\nQUIT\r\n"
+    env = base_env(tmp_path)
+    _, out, _ = session("pipes", script, env)
+    assert replies(out)[1:] == [
+        b"250 fake.example\r\n", b"503 MAIL first (#5.5.1)\r\n",
+        b"502 unimplemented (#5.5.1)\r\n", b"502 unimplemented (#5.5.1)\r\n",
+        b"250 ok\r\n", b"502 unimplemented (#5.5.1)\r\n", b"221 fake.example\r\n"]
+    assert not any((tmp_path / "queue").iterdir())
+
+
+def test_fakes_tls_byte_first_is_just_an_unknown_command(tmp_path: Path) -> None:
+    """qmail-smtpd has no TLS: a line starting 0x16 is answered 502 and the session goes on."""
+    script = b"\x16\x03\x01junk\r\nHELO h\r\nQUIT\r\n"
+    _, out, _ = session("pipes", script, base_env(tmp_path))
+    assert replies(out)[1:] == [b"502 unimplemented (#5.5.1)\r\n", b"250 fake.example\r\n",
+                                b"221 fake.example\r\n"]
