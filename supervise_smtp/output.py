@@ -4,6 +4,10 @@ This is the only writer to fd 2.  Client and child bytes are hostile, so every
 value is escaped here: no byte can start a new line, a new key or a forged
 value.  Escaped text is printable ASCII only: backslash, and `\\xNN` for
 control bytes, DEL and non-ASCII (`\\n`, `\\r`, `\\t` for the common three).
+A value longer than MAX_VALUE_CHARS is cut between two escapes, never inside
+one, and a line that would reach MAX_LINE_BYTES loses whole trailing keys:
+either way the line ends with ``truncated=true`` and still parses (a cut can
+never leave a lone backslash that escapes the closing quote).
 
 Each line is written with a single ``os.write`` and kept under PIPE_BUF
 (4096), so that lines from the many wrapper processes that share one log pipe
@@ -56,19 +60,46 @@ def _text(value: object) -> str | None:
         return _scalar(value)
     if isinstance(value, float):
         return f"{value:.3f}"
+    # Each byte (or character) escapes to at least one character: escaping
+    # one more than the cap is enough to know the value is cut, and where.
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return escape(bytes(value))
+        return escape(bytes(value[:MAX_VALUE_CHARS + 1]))
     if isinstance(value, (tuple, list, frozenset, set)):
         return ",".join(t for t in map(_text, value) if t is not None)
-    return escape(str(value))
+    return escape(str(value)[:MAX_VALUE_CHARS + 1])
 
 
-def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
+def _cut(text: str, limit: int) -> str:
+    """The longest prefix of escaped text, at most ``limit`` long, made of whole escapes.
+
+    In escaped text a backslash always starts a unit: ``\\xNN`` (4
+    characters) or ``\\\\``, ``\\n``, ``\\r``, ``\\t`` (2): the cut never
+    leaves a lone backslash (which would escape a closing quote) or half a unit.
+    """
+    i = 0
+    while True:
+        j = text.find("\\", i, limit)
+        if j < 0:
+            return text[:limit]
+        i = j + (4 if text[j + 1] == "x" else 2)
+        if i > limit:
+            return text[:j]
+
+
+def _capped(fields: dict[str, object]) -> tuple[list[tuple[str, str | int | bool]], bool]:
+    """(key, escaped and capped value) pairs, and whether anything was cut.
+
+    ``truncated`` is not an item: it ends the line when a value was cut here
+    or the caller said so (``truncated=True``), and only then.
+    """
     items: list[tuple[str, str | int | bool]] = []
     truncated = False
     for key, value in fields.items():
-        if value is None or (value is False and key == "truncated"):
-            continue  # truncated= appears only when something was cut
+        if value is None:
+            continue
+        if key == "truncated":
+            truncated = truncated or bool(value)
+            continue
         if isinstance(value, int):  # bool included
             items.append((key, value))
             continue
@@ -76,15 +107,10 @@ def _capped(fields: dict[str, object]) -> list[tuple[str, str | int | bool]]:
         if text is None:
             continue
         if len(text) > MAX_VALUE_CHARS:
-            cut = text[:MAX_VALUE_CHARS]
-            tail = cut.rfind("\\", MAX_VALUE_CHARS - 4)
-            text = cut[:tail] if tail >= 0 else cut
+            text = _cut(text, MAX_VALUE_CHARS)
             truncated = True
         items.append((key, text))
-    if truncated:
-        items = [(k, v) for k, v in items if k != "truncated"]
-        items.append(("truncated", True))
-    return items
+    return items, truncated
 
 
 def _scalar(value: int | bool) -> str:
@@ -106,8 +132,9 @@ def _logfmt_value(value: str | int | bool) -> str:
 
 def format_logfmt(fields: dict[str, object]) -> bytes:
     """One logfmt line (with newline), values escaped and capped."""
-    line = " ".join(k + "=" + _logfmt_value(v) for k, v in _capped(fields))
-    return _fit(line)
+    items, truncated = _capped(fields)
+    return _fit([k + "=" + _logfmt_value(v) for k, v in items], truncated, "", " ",
+                "", " truncated=true")
 
 
 def _json_value(value: str | int | bool) -> str:
@@ -118,26 +145,27 @@ def _json_value(value: str | int | bool) -> str:
 
 def format_json(fields: dict[str, object]) -> bytes:
     """One JSON object per line; string values hold the same escaped text."""
-    inner = ", ".join('"' + k + '": ' + _json_value(v) for k, v in _capped(fields))
-    return _fit("{" + inner + "}")
+    items, truncated = _capped(fields)
+    return _fit(['"' + k + '": ' + _json_value(v) for k, v in items], truncated, "{", ", ",
+                "}", ', "truncated": true')
 
 
-def _fit(line: str) -> bytes:
-    data = line.encode("ascii")
-    if len(data) >= MAX_LINE_BYTES:
-        # Only many near-cap values get here; drop whole trailing keys so
-        # what stays still parses.
-        json = data.startswith(b"{")
-        sep = b", " if json else b" "
-        while len(data) >= MAX_LINE_BYTES - 40:
-            cut = data.rfind(sep, 0, len(data) - 1)
-            if cut <= 0:
-                break
-            data = data[:cut]
-            if json:
-                data = data.rstrip(b"}")
-        data += b', "truncated": true}' if json else b" truncated=true"
-    return data + b"\n"
+def _fit(parts: list[str], truncated: bool, head: str, sep: str, tail: str,
+         mark: str) -> bytes:
+    """Join formatted items into one line under MAX_LINE_BYTES (newline included).
+
+    Only lines with many near-cap values get too long: whole trailing items
+    are dropped (never part of one, so what stays parses) and ``mark``
+    (truncated) ends the line.  The first item, event=, always stays.
+    """
+    size = len(head) + len(tail) + 1 + sum(map(len, parts)) + len(sep) * (len(parts) - 1)
+    if truncated or size >= MAX_LINE_BYTES:
+        size += len(mark)
+        while size >= MAX_LINE_BYTES and len(parts) > 1:
+            size -= len(parts.pop()) + len(sep)
+        truncated = True
+    line = head + sep.join(parts) + (mark if truncated else "") + tail + "\n"
+    return line.encode("ascii")
 
 
 def parse_logfmt(line: str) -> dict[str, str]:

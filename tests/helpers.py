@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from strict_logfmt import parse as parse_strict
+
 from supervise_smtp.observer import Event, Observer
-from supervise_smtp.output import parse_logfmt
 
 Step = tuple[str, bytes]
 Splitter = Callable[[bytes], Iterable[bytes]]
@@ -111,10 +112,15 @@ def child_argv(name: str, *args: str) -> list[str]:
 
 
 def events(data: bytes | str) -> list[dict[str, str]]:
-    """The logfmt event lines (``event=...``) of a stderr capture, parsed."""
+    """The logfmt event lines (``event=...``) of a stderr capture, parsed strictly.
+
+    Each line goes through tests/strict_logfmt.py, not the package's own
+    reader: a malformed line (an unterminated or stray quote, a duplicate or
+    forged key, trailing garbage) fails the test that reads it.
+    """
     if isinstance(data, bytes):
         data = data.decode("ascii", "replace")
-    return [parse_logfmt(line) for line in data.splitlines() if line.startswith("event=")]
+    return [parse_strict(line) for line in data.splitlines() if line.startswith("event=")]
 
 
 def event(data: bytes | str, name: str) -> dict[str, str]:
