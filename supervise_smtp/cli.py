@@ -1,9 +1,10 @@
 """Command line: argv by hand, then one connection; the only place that exits.
 
 Usage is parsed without argparse (13 ms of imports, paid by every SMTP
-connection).  Exit codes: 100 usage, 111 could not start the child; after the
-child ran, its exit code, or its terminating signal raised on ourselves so
-that tcpserver's ``end PID status S`` is the same as without the wrapper.
+connection).  Exit codes: 100 usage, 111 could not start the child (or fd 0
+or 1 closed: no client); after the child ran, its exit code, or its
+terminating signal raised on ourselves so that tcpserver's ``end PID status
+S`` is the same as without the wrapper.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ subcommands (each with --help):
   supervise-smtp wrap-run PATH      insert supervise-smtp into a run script
   supervise-smtp check-service DIR  sanity-check a qmail-smtpd service dir
 
-exit: 100 usage, 111 cannot start prog, else prog's own status.
+exit: 100 usage, 111 cannot start prog (or fd 0/1 closed), else prog's own status.
 """
 
 _CHOICES = {"--stderr": ("tag", "pass"), "--format": ("logfmt", "json"),
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(code)
     from supervise_smtp.process import standard_fds
 
-    no_client = standard_fds()  # first of all: fd 2 on /dev/null if it is closed
+    bad_fds = standard_fds()  # first of all: fd 2 on /dev/null if it is closed
     try:
         opts, prog = parse(args)
     except UsageError as err:
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         _say(1, f"supervise-smtp {__version__}\n")
         os._exit(0)
 
-    if no_client is not None:  # fd 0 or 1 closed: nothing to relay
-        _refuse(opts.get("format", "logfmt"), no_client)
+    if bad_fds is not None:  # fd 0 or 1 closed (no client), or no /dev/null for fd 2
+        _refuse(opts.get("format", "logfmt"), bad_fds)
     from supervise_smtp import session
 
     options = session.Options(
