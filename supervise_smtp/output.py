@@ -11,16 +11,38 @@ never leave a lone backslash that escapes the closing quote).
 
 Each line is written with a single ``os.write`` and kept under PIPE_BUF
 (4096), so that lines from the many wrapper processes that share one log pipe
-(one per tcpserver connection) never interleave.  fd 2 is left blocking: the
-log service's back-pressure is the supervisor's design, and a write error
-there never changes the SMTP session or our exit status.
+(one per tcpserver connection) never interleave.
+
+The mail never waits for the log service.  fd 2 is one pipe shared by
+tcpserver and every wrapper: it stays blocking (O_NONBLOCK would change
+tcpserver's pipe too), and POLLOUT before a write proves nothing (another
+writer can take the room first).  So on the per-connection path
+(``Output(background=True)``) the relay only appends finished lines to a
+small bounded backlog, and a writer thread (``_thread``, started at the
+first line, every signal blocked in it) does the blocking writes, whole
+lines in order.  What is lost when the log service stops reading: lines
+beyond the backlog (BACKLOG_LINES lines or BACKLOG_BYTES bytes), counted in
+``Output.dropped`` and reported as ``log_dropped=N`` on the summary, which
+always gets in; and at the end of the connection whatever is still waiting
+after ``close``'s timeout (about a second), when the process exits.
+A write error (EPIPE, EBADF) stops the output and never changes the SMTP
+session or our exit status.  (Not an interval timer interrupting a blocked
+write: SIGALRM is one of the signals forwarded to the child, and under
+PEP 475 os.write retries EINTR unless the handler raises, which races with a
+write that completed.)
 """
 
 from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing costs start-up; mypy knows this name
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
+    "BACKLOG_BYTES",
+    "BACKLOG_LINES",
     "MAX_LINE_BYTES",
     "MAX_VALUE_CHARS",
     "Output",
@@ -32,6 +54,9 @@ __all__ = [
 
 MAX_LINE_BYTES = 4000
 MAX_VALUE_CHARS = 1024
+BACKLOG_LINES = 64  # lines waiting for fd 2, per connection (background output)
+BACKLOG_BYTES = 256 * 1024  # and their bytes (--stderr pass lines can be 64 KiB)
+_WRITER_STACK = 256 * 1024  # the writer thread's stack: it only calls os.write
 
 _TABLE = [chr(i) if 0x20 <= i < 0x7F else f"\\x{i:02x}" for i in range(256)]
 _TABLE[ord("\\")] = "\\\\"
@@ -205,13 +230,34 @@ def parse_logfmt(line: str) -> dict[str, str]:
 
 
 class Output:
-    """Writes events for one connection; ``base`` keys lead every line."""
+    """Writes events for one connection; ``base`` keys lead every line.
 
-    def __init__(self, fmt: str = "logfmt", fd: int = 2) -> None:
+    ``background=False`` (subcommands, tests): each line is written before
+    ``emit`` returns.  ``background=True`` (the per-connection path): lines go
+    to a bounded backlog (BACKLOG_LINES lines, BACKLOG_BYTES bytes) that a
+    writer thread, started at the first line, writes to ``fd`` in order,
+    whole lines with blocking writes; the caller never waits for ``fd``.
+    When the backlog is full a line is dropped and counted in ``dropped``,
+    except the summary, which always gets in.  ``close`` waits a bounded time
+    for the backlog; what is still there when the process ends is lost.
+    """
+
+    def __init__(self, fmt: str = "logfmt", fd: int = 2, background: bool = False) -> None:
         self.fd = fd
         self.format = format_json if fmt == "json" else format_logfmt
         self.base: dict[str, object] = {}
         self.broken = False
+        self.dropped = 0  # lines lost to a full backlog
+        self.background = background
+        self._lines: list[bytes] = []  # the backlog; [0] is being written
+        self._bytes = 0
+        self._lock: Any = None  # guards the fields above and below; made with the thread
+        self._wake: Any = None  # held while the writer has nothing to do
+        self._done: Any = None  # released when the writer has stopped
+        self._idle = False  # the writer waits on _wake
+        self._closing = False
+        self._stopped = False  # close saw the writer stop
+        self._no_thread = False  # the thread could not start: poll before each write
 
     def emit(self, event: str, fields: dict[str, object] | None = None, /,
              **more: object) -> None:
@@ -222,15 +268,128 @@ class Output:
             line.update(fields)
         if more:
             line.update(more)
-        self.write_raw(self.format(line))
+        self.write_raw(self.format(line), event == "summary")
 
-    def write_raw(self, data: bytes) -> None:
-        """Write bytes with as few writes as the pipe allows; errors disable output."""
+    def write_raw(self, data: bytes, force: bool = False) -> None:
+        """Write one or more whole lines; ``force``: into the backlog even when full.
+
+        A write error (EPIPE, EBADF...) disables output; nothing is raised.
+        """
         if self.broken:
             return
+        if not self.background:
+            self._write(data)
+            return
+        if self._lock is None:
+            self._start()
+        if self._no_thread:
+            if self._ready():
+                self._write(data)
+            else:
+                self.dropped += 1
+            return
+        with self._lock:
+            if self.broken:
+                return
+            if self._closing or not force and (
+                    len(self._lines) >= BACKLOG_LINES or self._bytes + len(data) > BACKLOG_BYTES):
+                self.dropped += 1
+                return
+            self._lines.append(data)
+            self._bytes += len(data)
+            if self._idle:
+                self._idle = False
+                self._wake.release()
+
+    def close(self, timeout: float = 1.0) -> bool:
+        """Wait at most ``timeout`` seconds for the backlog to be written.
+
+        True when every line got out.  Call it once, last: lines written
+        after it are dropped.  The writer thread may stay blocked in a write;
+        the process ends anyway (os._exit does not wait for it).
+        """
+        if self._lock is None or self._no_thread or self._stopped:
+            return not self.broken
+        with self._lock:
+            self._closing = True
+            if self._idle:
+                self._idle = False
+                self._wake.release()
+        self._stopped = bool(self._done.acquire(True, max(timeout, 0.0)))
+        return self._stopped and not self.broken
+
+    def _start(self) -> None:
+        """Start the writer thread: signals blocked in it, a small stack."""
+        import _signal
+        import _thread
+
+        self._lock = _thread.allocate_lock()
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        # The thread inherits the mask: every signal goes to the main thread,
+        # whose poll() it must interrupt (signal forwarding, SIGCHLD).
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
+        try:
+            size = _thread.stack_size(_WRITER_STACK)
+            try:
+                _thread.start_new_thread(self._writer, ())
+            finally:
+                _thread.stack_size(size)
+        except (RuntimeError, MemoryError, ValueError):  # e.g. RLIMIT_NPROC
+            self._no_thread = True
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+
+    def _writer(self) -> None:
+        """The writer thread: backlog lines to fd, in order, until closed or broken."""
+        lock, wake, lines = self._lock, self._wake, self._lines
+        while True:
+            with lock:
+                if lines:
+                    data = lines[0]
+                elif self._closing:
+                    break
+                else:
+                    self._idle = True
+                    data = None
+            if data is None:
+                wake.acquire()
+                continue
+            ok = self._write(data)
+            with lock:
+                del lines[0]
+                self._bytes -= len(data)
+                if not ok:
+                    lines.clear()
+                    self._bytes = 0
+                    break
+        self._done.release()
+
+    def _write(self, data: bytes) -> bool:
+        """Blocking write of all of ``data``; False (and broken) on an error."""
         try:
             while data:
-                n = os.write(self.fd, data)
+                try:
+                    n = os.write(self.fd, data)
+                except BlockingIOError:  # someone made the shared pipe non-blocking
+                    import select
+
+                    select.select([], [self.fd], [])
+                    continue
                 data = data[n:]
-        except OSError:
+        except (OSError, ValueError):
             self.broken = True
+            return False
+        return True
+
+    def _ready(self) -> bool:
+        """Without a writer thread: write only when fd has room right now."""
+        import select
+
+        try:
+            return bool(select.select([], [self.fd], [], 0)[1])
+        except (OSError, ValueError):
+            self.broken = True
+            return False

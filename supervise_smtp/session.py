@@ -2,7 +2,8 @@
 
 This wires the parts together and decides nothing itself: process spawns and
 reaps, relay moves bytes, the tap (the SMTP observer) watches them, output
-writes the lines.  Everything runs in one process, one thread, no asyncio.
+writes the lines.  Everything runs in one process, one thread, no asyncio
+(output's writer thread only moves finished lines to fd 2).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["Options", "run", "FORWARDED_SIGNALS", "MAX_STDERR_TAG_BYTES", "MAX_S
 FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGALRM)
 MAX_STDERR_TAG_BYTES = 1024  # keeps an event line under PIPE_BUF
 MAX_STDERR_PASS_BYTES = 65536
+LOG_DRAIN_SECONDS = 1.0  # at the end, how long the event lines may wait for fd 2
 
 
 class Options:
@@ -237,11 +239,12 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     except TempError as err:
         from supervise_smtp.output import Output
 
-        out = Output(opts.format)
+        out = Output(opts.format, background=True)
         out.base = base
         out.emit("wrapper_error", where="spawn", error=str(err), errno=err.errno)
         out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
                  duration_ms=int((time.monotonic() - started) * 1000), exit=111)
+        out.close(LOG_DRAIN_SECONDS)
         raise
     reaped: list[ExitStatus] = []
 
@@ -279,7 +282,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     from supervise_smtp.output import Output
     from supervise_smtp.relay import ClientEnd, Relay
 
-    out = Output(opts.format)
+    out = Output(opts.format, background=True)  # never waits for the log service
     out.base = base
     out.emit("connect", _connect_fields(env, child))
     passthrough = opts.stderr_mode == "pass"
@@ -424,6 +427,7 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             result = {"action": "error", "error": repr(exc)[:200]}
         if result:
             out.emit("alert", {"verdict": verdict, **result})
+    out.close(LOG_DRAIN_SECONDS)
     return status
 
 
@@ -449,7 +453,8 @@ def _summary(out: Output, facts: Facts, relay: Relay, tap: ObserverTap, status: 
     except Exception as exc:  # fail open: a diagnose bug never costs the exit status
         verdict, fields = "wrapper_error", {"reason": f"diagnose failed: {exc!r}"[:200]}
     line = {"verdict": verdict, "remote": out.base.get("remote"), "pid": out.base.get("pid"),
-            "child_pid": child.pid, **fields, "duration_ms": duration_ms,
+            "child_pid": child.pid, **fields, "log_dropped": out.dropped or None,
+            "duration_ms": duration_ms,
             **_exit_fields(status)}
     out.emit("summary", line)
     return verdict, line
