@@ -155,8 +155,21 @@ def parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _say(fd: int, text: str) -> None:
+    """One message; on fd 2 only if the log pipe takes it within a second.
+
+    fd 2 is the log service's pipe, shared with tcpserver: a stuck logger
+    must not hold a wrapper (and tcpserver's -c slot) forever on its way out.
+    """
+    data = text.encode("utf-8", "surrogateescape")
     try:
-        os.write(fd, text.encode("utf-8", "surrogateescape"))
+        if fd == 2:
+            import select
+
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if not poller.poll(1000):
+                return
+        os.write(fd, data)
     except OSError:
         pass
 
@@ -165,11 +178,12 @@ def _refuse(fmt: str, err: TempError) -> None:
     """Exit 111 before anything started, with the lines a spawn failure gives."""
     from supervise_smtp.output import Output
 
-    out = Output(fmt)
+    out = Output(fmt, background=True)  # never stalls on a stuck log pipe
     out.base = {"remote": os.environ.get("TCPREMOTEIP"), "pid": os.getpid()}
     out.emit("wrapper_error", where="start", error=str(err), errno=err.errno)
     out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
              duration_ms=0, exit=EXIT_TEMP)
+    out.close(1.0)
     _say(2, f"supervise-smtp: fatal: {err}\n")
     os._exit(EXIT_TEMP)
 

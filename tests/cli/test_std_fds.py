@@ -57,3 +57,25 @@ def test_cli_fd01_closed_exits_111(fd, tmp_path):
     assert (summary["verdict"], summary["stage"], summary["exit"]) == (
         "wrapper_error", "connect", "111")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("args", [["--", "/nonexistent/qmail-smtpd"], ["--bogus", "--", "cat"]],
+                         ids=["spawn-fails", "usage"])
+def test_cli_refusal_never_stalls_on_a_full_log_pipe(args):
+    """Exiting on a refusal (111, 100) with fd 2 a full pipe nobody reads: the wrapper
+    still exits (its lines are dropped), it does not hold a tcpserver slot forever."""
+    log_r, log_w = os.pipe()
+    os.set_blocking(log_w, False)
+    try:
+        while True:
+            os.write(log_w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(log_w, True)
+    try:
+        proc = subprocess.run([*wrapper_argv(), *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=log_w, timeout=TIMEOUT_S)
+    finally:
+        os.close(log_r)
+        os.close(log_w)
+    assert proc.returncode in (100, 111)
