@@ -14,7 +14,11 @@ Rules it keeps:
   there gets O_NONBLOCK and its flag is restored at the end.  fd 2 is never
   touched;
 - a tap that raises is dropped (fail open): the error is kept for one
-  ``observer_error`` event, and the bytes go on as before.
+  ``observer_error`` event, and the bytes go on as before;
+- the opt-in timers (idle, whole session) never fire while ``hold_timers()``
+  is true, nor, once it turns false on the child's bytes, before those bytes
+  have been written to the client: the caller says when a timeout would do
+  harm (session: a message may be queued and its reply is not out yet).
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ if TYPE_CHECKING:
 
         def server_data(self, data: bytes) -> None:
             """Bytes read from the child (b"" at EOF)."""
+
+
+def _never() -> bool:
+    return False
 
 
 class ClientEnd:
@@ -145,7 +153,7 @@ class Relay:
                  err_fd: int | None, pidfd: int | None, tap: Tap | None,
                  stderr_cb, child_exited, linger_s: float = 1.0,
                  idle_s: float = 0.0, max_s: float = 0.0, on_timeout=None,
-                 kill_child=None, rewrite=None) -> None:
+                 kill_child=None, rewrite=None, hold_timers=None) -> None:
         self.cin = cin
         self.cout = cout
         self.server = server
@@ -179,6 +187,15 @@ class Relay:
         self.kill_child = kill_child  # signal number -> None
         self.timeout_fired: str | None = None
         self.kill_at: float | None = None
+        # () -> bool: True while no timer may fire (asked only with a timer on).
+        self.hold_timers = hold_timers or _never
+        self.timers_on = bool(idle_s or max_s)
+        self.deliver_mark = 0  # a timer waits until bytes_out reaches this
+        # True from a read from the client until the next read from the child:
+        # the child may be working on what the client sent.  The session's
+        # hold falls back on it when it cannot see the SMTP (observer dropped,
+        # TLS).
+        self.child_turn = False
         self.last_out = b"\n"  # last byte written to the client
         # --bare-lf fix: feed_client(bytes) -> bytes toward the child,
         # feed_server(bytes) to follow the replies; dropped if it raises.
@@ -223,6 +240,7 @@ class Relay:
             return
         self.bytes_in += len(data)
         self.last_activity = time.monotonic()
+        self.child_turn = True
         wire = data if self.rewrite is None else self._rewritten(data)
         # Forward first, observe after: the observer never delays a byte.
         if self.server_gone:
@@ -284,6 +302,8 @@ class Relay:
             return
         self.bytes_from_server += len(data)
         self.last_activity = time.monotonic()
+        held = self.timers_on and self.hold_timers()
+        self.child_turn = False
         if self.rewrite is not None:
             try:
                 self.rewrite.feed_server(data)
@@ -299,6 +319,10 @@ class Relay:
             if sent < len(data):
                 self.s2c += data[sent:]
         self._show(False, data)
+        if held and not self.hold_timers():
+            # These bytes ended the hold (the reply to the end of data): no
+            # timer fires before they, and all before them, reach the client.
+            self.deliver_mark = self.bytes_out + len(self.s2c)
 
     def _send_client(self, data: bytes | bytearray) -> int:
         try:
@@ -364,8 +388,19 @@ class Relay:
         return left is not None and left <= 0
 
     # -- opt-in timeouts (off by default: qmail-smtpd's own timeout rules) --
+    def _held(self) -> bool:
+        """True while a due timer must wait (see hold_timers, deliver_mark)."""
+        if not self.client_gone and self.bytes_out < self.deliver_mark:
+            return True
+        return self.hold_timers()
+
     def _timer_left(self) -> float | None:
-        """Seconds to the next timer (idle, whole session, kill), None if none."""
+        """Seconds to the next timer (idle, whole session, kill), None if none.
+
+        A due timer that is held counts as none: only I/O can end the hold
+        (the child's reply, or its bytes written to the client), and each
+        wakes the loop.
+        """
         now = time.monotonic()
         lefts = []
         if self.exited_at is None:
@@ -376,6 +411,8 @@ class Relay:
                     lefts.append(self.last_activity + self.idle_s - now)
                 if self.max_s:
                     lefts.append(self.started + self.max_s - now)
+                if lefts and min(lefts) <= 0 and self._held():
+                    lefts = []
         return min(lefts) if lefts else None
 
     def _check_timers(self) -> None:
@@ -394,7 +431,7 @@ class Relay:
             which = "max_session"
         elif self.idle_s and now >= self.last_activity + self.idle_s:
             which = "idle_timeout"
-        if which is not None:
+        if which is not None and not self._held():
             self._fire(which, now)
 
     def _fire(self, which: str, now: float) -> None:
@@ -457,12 +494,9 @@ class Relay:
             timer = self._timer_left()
             if timer is not None and (left is None or timer < left):
                 left = timer
-            if left is not None:
-                timeout: float | None = max(0.0, left) * 1000
-            elif self.pidfd is None:
-                timeout = 100.0
-            else:
-                timeout = None
+            timeout = None if left is None else max(0.0, left) * 1000
+            if self.pidfd is None and (timeout is None or timeout > 100.0):
+                timeout = 100.0  # no pidfd: look for the child's exit every 100 ms
             events = poller.poll(timeout)
             for fd, ev in events:
                 if fd == self.pidfd:
@@ -483,7 +517,7 @@ class Relay:
                     self._client_readable()
             if self.pidfd is None:
                 self._note_exit()
-            if self.idle_s or self.max_s:
+            if self.timers_on:
                 self._check_timers()
         self.ended = time.monotonic()
         if self.err_fd is not None:

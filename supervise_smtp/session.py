@@ -352,6 +352,22 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
             return None
         return b"421 4.4.2 " + os.uname().nodename.encode() + b" timeout\r\n"
 
+    def hold_timers() -> bool:
+        """No wrapper timeout between the end of data and its reply: it may be queued.
+
+        (The relay then also waits until that reply is written to the client.)
+        When we cannot see the SMTP -- the observer failed and was dropped, or
+        the session is in TLS -- we cannot tell where that window is, and a
+        timeout fired in it makes the client send the message again.  So hold
+        whenever it may be there: while the child has not answered the client's
+        last bytes.  A client silent after a reply is still cut off; one that
+        keeps sending is bounded by qmail-smtpd's own timeout, as without the
+        wrapper's timers.
+        """
+        if relay.tap is None or tap.observer.state.tls_active:
+            return relay.child_turn
+        return tap.observer.awaiting_data_reply
+
     fixer = None
     if opts.bare_lf == "fix":
         from supervise_smtp.barelf import BareLFFixer
@@ -360,7 +376,8 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
     relay = Relay(cin, cout, child.sock, child.err_fd, child.pidfd, tap,
                   on_stderr, child_exited, linger_s=opts.linger_s,
                   idle_s=opts.idle_timeout_s, max_s=opts.max_session_s,
-                  on_timeout=on_timeout, kill_child=signal_child, rewrite=fixer)
+                  on_timeout=on_timeout, kill_child=signal_child, rewrite=fixer,
+                  hold_timers=hold_timers)
     relay.run()
     if fixer is not None:
         for sender, count, first_line, dots in fixer.messages:
