@@ -49,7 +49,7 @@ class Facts:
         "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
-        "stopped_by",
+        "stopped_by", "reply_acked",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -78,6 +78,8 @@ class Facts:
     queue_watch_pid: int | None  # the queue program seen under the child at DATA
     queue_outlived: bool  # ... and still alive after the child was gone
     queue_reaped: dict[str, object] | None  # --subreaper: its own exit/signal
+    reply_acked: bool | None  # the client's TCP acknowledged the reply to '.' (asked
+    # only when that reply went out after the client's EOF); None: not asked or no answer
     stopped_by: list[str] | None  # TERM/HUP/INT we received and passed on (SIGTERM...)
 
     def __init__(self, **fields: Any) -> None:
@@ -264,8 +266,9 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
             else:
                 fields["queued"] = "no"
             if f.end_replies and st.end_reply_offset is not None:
-                # written to the client's socket, all of it: bytes, not guesses
-                delivered = f.bytes_out >= st.end_reply_offset
+                # every byte of it written to the client's socket and, when the
+                # client had already closed its side, acknowledged (not reset)
+                delivered = f.bytes_out >= st.end_reply_offset and f.reply_acked is not False
                 fields["reply_delivered"] = "yes" if delivered else "no"
             if msg.bare_lf_count:
                 fields["bare_lf"] = msg.bare_lf_count

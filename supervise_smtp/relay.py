@@ -69,6 +69,46 @@ def _never() -> bool:
     return False
 
 
+_SIOCOUTQ = 0x5411  # Linux: bytes in a TCP socket's send queue not yet acknowledged
+ACK_WAIT_SECONDS = 1.0
+
+
+def client_acked(fd: int, timeout_s: float = ACK_WAIT_SECONDS) -> bool | None:
+    """Did the client's TCP acknowledge everything we wrote to it?
+
+    Written is not delivered once the client has closed: a client that
+    half-closed and keeps reading acknowledges the reply; one that closed its
+    socket answers it with a reset (SO_ERROR), and will send the message again.
+    True or False, or None when ``fd`` is not a TCP socket or the answer did
+    not come within ``timeout_s``.  Asked only in that rare case, at the end.
+    """
+    import fcntl
+    import sys
+
+    try:
+        sock = _socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        if sock.family not in (_socket.AF_INET, _socket.AF_INET6):
+            return None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR):
+                return False
+            unacked = int.from_bytes(fcntl.ioctl(fd, _SIOCOUTQ, bytes(4)), sys.byteorder)
+            if unacked == 0:  # a reset empties the queue too: ask once more
+                return not sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(0.01, left))
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
 class ClientEnd:
     """One of fds 0/1: a socket (MSG_DONTWAIT) or anything else (O_NONBLOCK)."""
 
@@ -171,6 +211,7 @@ class Relay:
         self.bytes_to_server = 0
         self.bytes_from_server = 0
         self.client_eof = False  # client sent EOF (or its read failed)
+        self.out_at_client_eof: int | None = None  # bytes_out when that EOF came
         self.server_eof = False  # child closed its output
         self.server_shut = False  # we sent EOF to the child
         self.client_shut = False  # we sent EOF to the client
@@ -232,6 +273,7 @@ class Relay:
             return
         if not data:
             self.client_eof = True
+            self.out_at_client_eof = self.bytes_out
             self.first_close = self.first_close or "client"
             self._show(True, b"")
             if self.rewrite is not None:

@@ -98,7 +98,7 @@ _NOTED = frozenset({"reply", "peer_closed", "starttls", "tls_server_hello", "tls
 ANOMALY_EVENTS = frozenset({
     "bare_lf", "smuggling", "data_rejected", "line_too_long", "pipelining_violation",
     "early_talker", "starttls_injection", "malformed_reply", "tls_alert", "tls_not_tls",
-    "not_smtp",
+    "not_smtp", "reject",
 })
 
 
@@ -464,6 +464,14 @@ def _summary(out: Output, facts: Facts, relay: Relay, tap: ObserverTap, status: 
     facts.client_gone = relay.client_gone
     facts.bytes_in = relay.bytes_in
     facts.bytes_out = relay.bytes_out
+    st = facts.state
+    if (st is not None and st.end_reply_offset is not None and not relay.client_gone
+            and relay.out_at_client_eof is not None
+            and relay.out_at_client_eof < st.end_reply_offset <= relay.bytes_out):
+        # The reply to '.' went out after the client's EOF: did it take it?
+        from supervise_smtp.relay import client_acked
+
+        facts.reply_acked = client_acked(relay.cout.fd)
     facts.timeout_fired = relay.timeout_fired
     try:
         verdict, fields = diagnose(facts)

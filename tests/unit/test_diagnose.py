@@ -340,3 +340,12 @@ def test_diagnose_stopped_is_a_verdict_not_alerted_by_default():
     assert parse_verdicts("stopped,server_crashed") == {"stopped", "server_crashed"}
     opts, _ = parse(["--capture", "/tmp", "--capture-when", "stopped", "qmail-smtpd"])
     assert opts["capture-when"] == "stopped"
+
+
+def test_diagnose_reply_written_but_reset_is_not_delivered():
+    """The 250 written after the client's EOF, then reset by it: reply_delivered=no."""
+    steps = BANNER + HELO + ENVELOPE + DATA + BODY + [("C", b"")] + [
+        ("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")]
+    for acked, want in ((False, "no"), (True, "yes"), (None, "yes")):
+        _, fields = judge(steps, reply_acked=acked)
+        assert fields["reply_delivered"] == want

@@ -202,3 +202,36 @@ def test_relay_child_turn_fallback():
                          hold=lambda relay: relay.child_turn, max_s=0.3)
     assert got == b"250 ok\r\n" + TIMEOUT
     assert relay.timeout_fired == "max_session"
+
+
+@pytest.mark.parametrize(("how", "want"), [("half", True), ("full", False)])
+def test_client_acked_tells_half_close_from_close(how, want):
+    """A client that half-closed acknowledges what we write; one that closed resets it."""
+    from supervise_smtp.relay import client_acked
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    with listener, client, ours:
+        if how == "half":
+            client.shutdown(socket.SHUT_WR)
+        else:
+            client.close()
+        assert ours.recv(10) == b""
+        time.sleep(0.05)
+        ours.send(b"250 ok 1 qp 2\r\n")
+        assert client_acked(ours.fileno(), 5.0) is want
+
+
+def test_client_acked_is_none_on_a_pipe():
+    """Not a TCP socket: nothing to ask, the caller keeps what it wrote."""
+    from supervise_smtp.relay import client_acked
+
+    r, w = os.pipe()
+    try:
+        assert client_acked(w, 0.1) is None
+    finally:
+        os.close(r)
+        os.close(w)
