@@ -36,6 +36,10 @@ class LineReader:
         self._cut = False
         return n
 
+    def head(self, n: int) -> bytes:
+        """The first ``n`` bytes of the unterminated line held now."""
+        return bytes(self._buf[:n])
+
     def skip(self) -> None:
         """The rest of the current line went by unseen: deliver its head, cut, at its LF."""
         self._cut = True

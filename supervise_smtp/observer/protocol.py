@@ -112,6 +112,27 @@ _END_OF_MESSAGE = (_DATA_END, _BDAT_LAST)
 _TLS_HANDSHAKE = 0x16
 # First byte of a TLS record: change_cipher_spec, alert, handshake, data.
 _TLS_RECORD_TYPES = frozenset((0x14, 0x15, 0x16, 0x17))
+# Line heads read as commands even from a client taken for not SMTP.
+_VERB_HEADS = (b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"STAR", b"AUTH",
+               b"QUIT")
+_VERB_LINE: Any = None
+
+
+def _verb_line_start() -> Any:
+    """The LF before a line starting with one of _VERB_HEADS, any case.
+
+    ``re`` costs start-up time: compiled only once a client is taken for not
+    SMTP, which a real mail client never is.
+    """
+    global _VERB_LINE
+    if _VERB_LINE is None:
+        import re
+
+        heads = b"|".join(_VERB_HEADS)
+        _VERB_LINE = re.compile(b"\\n(?=" + heads + b")", re.IGNORECASE)
+    return _VERB_LINE
+
+
 # Verbs that, once accepted, show a client taken for not SMTP speaks it after all.
 _SPEAKS_SMTP = frozenset(("HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "STARTTLS", "AUTH"))
 # 4xx/5xx replies logged as Reject events per session; the rest only counted.
@@ -249,6 +270,10 @@ class Observer:
         while pos < n:
             mode = self._cmode
             if mode == _CMD:
+                if self.state.not_smtp and self._auth is None:
+                    pos, command = self._junk(data, pos)
+                    if not command:
+                        continue
                 line, pos, cut_now, truncated = self._creader.next_line(data, pos)
                 if cut_now:
                     self._line_too_long("client", out)
@@ -318,6 +343,35 @@ class Observer:
             self._push(verb)  # NOOP, VRFY, HELP, UNKNOWN...: only a reply to match
         else:
             handler(args, initial, out)
+
+    def _junk(self, data: bytes, pos: int) -> tuple[int, bool]:
+        """A client taken for not SMTP: its lines counted at C speed, not parsed.
+
+        Only a line that starts with a verb that could bring it back to SMTP
+        is read as a command (``True``: parse one line at the returned
+        position); the lines before it become one pending run for their
+        replies.  One regular-expression scan and one count per chunk, not a
+        Python step per line: a binary stream stays cheap to relay.
+        """
+        st = self.state
+        reader = self._creader
+        seg = data[pos:] if pos else data
+        if (reader.head(4) + seg[:4])[:4].upper() in _VERB_HEADS:
+            return pos, True  # the line in progress (maybe begun in an earlier chunk)
+        found = _verb_line_start().search(seg)
+        last = seg.rfind(b"\n") if found is None else found.start()
+        if last < 0:
+            reader.next_line(seg, 0)  # no LF: only held (bounded)
+            return len(data), False
+        lines = seg.count(b"\n", 0, last + 1)
+        reader.clear()
+        st.sent["UNKNOWN"] = _cap(st.sent.get("UNKNOWN", 0) + lines)
+        self._unknown_run = _cap(self._unknown_run + lines)
+        self._push("UNKNOWN", None, lines)
+        if found is not None:
+            return pos + last + 1, True
+        reader.next_line(seg[last + 1:], 0)  # the next line's start, held
+        return len(data), False
 
     def _check_pipelining(self, verb: str, pending: int, out: list[Event]) -> None:
         st = self.state
@@ -740,7 +794,7 @@ class Observer:
             st.end_reply_offset = self._reply_end
         if verb == _UNSEEN:
             return
-        if st.not_smtp and verb in _SPEAKS_SMTP and 200 <= r.code < 400:
+        if st.not_smtp and 200 <= r.code < 400 and (junk or verb in _SPEAKS_SMTP):
             st.not_smtp = False  # back to commands the server accepts
         bump(st.accepted if 200 <= r.code < 400 else st.rejected, verb)
         handler = getattr(self, "_reply_" + verb.lower(), None)
