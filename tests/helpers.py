@@ -236,18 +236,22 @@ class TcpServer:
     def stop(self) -> None:
         """Kill tcpserver and everything in its process group, then reap it."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if proc is not None:
+            kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL, the process group led by ``proc``; reap ``proc``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def recv_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
@@ -274,3 +278,111 @@ def read_fd_until(fd: int, marker: bytes, timeout: float = 15.0) -> bytes:
             break
         buf += data
     return buf
+
+
+# ---------------------------------------------------------------------------
+# The qmail-smtpd test double behind the wrapper (tests/fakes/): its
+# environment, a raw SMTP client that reads whole replies, and the one
+# summary line of a connection with its fields checked.
+
+FAKES = TESTS_DIR / "fakes"
+SMTPD = str(FAKES / "fake-qmail-smtpd")
+QUEUE = str(FAKES / "fake-qmail-queue")
+SCANNER = str(FAKES / "fake-qmail-scanner")
+GREETING = "fake.example"
+BANNER = f"220 {GREETING} ESMTP"
+SMTPLF = "451 See http://pobox.com/~djb/docs/smtplf.html."
+BYE = f"221 {GREETING}"
+RCPT_OK = "rcpt@example.org"  # in control/rcpthosts
+RCPT_RELAY = "rcpt@elsewhere.test"  # not in control/rcpthosts
+BODY = b"From: e2e@example.com\r\nTo: rcpt@example.org\r\nSubject: verdicts\r\n\r\nhello\r\n"
+QP = re.compile(r"250 ok \d+ qp (\d+)")
+ABSENT = None  # an expected summary field that must not be on the line
+
+
+
+
+def double_env(tmp_path: Path, queue: str = QUEUE, timeoutsmtpd: int | None = None,
+               **extra: str) -> dict[str, str]:
+    """Environment for the double: control/rcpthosts, the queue program, FAKE_* knobs."""
+    control = tmp_path / "control"
+    control.mkdir(exist_ok=True)
+    (control / "rcpthosts").write_text("example.org\n")
+    if timeoutsmtpd is not None:
+        (control / "timeoutsmtpd").write_text(f"{timeoutsmtpd}\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FAKE_", "QMAILQUEUE", "RELAYCLIENT", "DATABYTES"))}
+    env.update(FAKE_QMAIL_CONTROL=str(control), QMAILQUEUE=queue, **extra)
+    return env
+
+
+def one_summary(server: TcpServer) -> tuple[dict[str, str], int, str]:
+    """(summary, tcpserver end status, whole log) of the server's one connection."""
+    statuses = server.end_statuses(1)
+    log = server.log()
+    summary = event(log, "summary")
+    assert summary["verdict"] != "unknown", log
+    assert [e["event"] for e in events(log)].count("summary") == 1
+    pid, status = next(iter(statuses.items()))
+    assert int(summary["pid"]) == pid, log
+    return summary, status, log
+
+
+def check_fields(summary: dict[str, str], reason: str, **want: object) -> None:
+    """Each wanted field equals its value (``None``: absent); ``reason`` is a substring."""
+    assert reason in summary.get("reason", ""), summary
+    for key, value in want.items():
+        if value is None:
+            assert key not in summary, (key, summary)
+        else:
+            assert summary.get(key) == str(value), (key, summary)
+
+
+class SmtpClient:
+    """A raw SMTP client socket that reads whole (multi-line) replies."""
+
+    def __init__(self, server: TcpServer) -> None:
+        self.sock = server.connect()
+        self.buf = b""
+
+    def reply(self) -> tuple[int, bytes]:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise AssertionError(f"EOF before a reply, got {self.buf!r}")
+                self.buf += data
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line)
+            if line[3:4] != b"-":
+                return int(line[:3]), b"\n".join(lines)
+
+    def cmd(self, line: bytes, code: int) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        got, text = self.reply()
+        assert got == code, text
+        return text
+
+    def envelope(self, rcpt: str = RCPT_OK) -> None:
+        """Banner, EHLO, MAIL, RCPT, all accepted."""
+        assert self.reply()[0] == 220
+        self.cmd(b"EHLO client.test", 250)
+        self.cmd(b"MAIL FROM:<e2e@example.com>", 250)
+        self.cmd(f"RCPT TO:<{rcpt}>".encode(), 250)
+
+    def message(self, body: bytes = BODY) -> tuple[int, bytes]:
+        """A whole session up to the reply to the end of data."""
+        self.envelope()
+        self.cmd(b"DATA", 354)
+        self.sock.sendall(body + b".\r\n")
+        return self.reply()
+
+    def hang_up(self) -> None:
+        """Shut down the sending side, then wait for the server to close."""
+        self.sock.shutdown(socket.SHUT_WR)
+        recv_until_eof(self.sock)
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -56,14 +56,19 @@ _TOKEN = re.compile(_UNIT + r'|\\"')
 ESCAPED_TEXT = re.compile(r"(?:[ -\[\]-~]|" + _UNIT + r")*")  # what a value may hold
 
 
-def parse(line: str | bytes) -> dict[str, str]:
-    """The pairs of one logfmt event line, in order; StrictError if malformed."""
+def _text(line: str | bytes) -> str:
+    """The line as text, without its newline; StrictError if not ASCII."""
     if isinstance(line, bytes):
         try:
             line = line.decode("ascii")
         except UnicodeDecodeError as err:
             raise StrictError(f"not ASCII: {line!r}") from err
-    text = line[:-1] if line.endswith("\n") else line
+    return line[:-1] if line.endswith("\n") else line
+
+
+def parse(line: str | bytes) -> dict[str, str]:
+    """The pairs of one logfmt event line, in order; StrictError if malformed."""
+    text = _text(line)
     out: dict[str, str] = {}
     pos = 0
     while True:
@@ -108,12 +113,7 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def parse_json(line: str | bytes) -> dict[str, object]:
     """The members of one JSON event line, in order; StrictError if malformed."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("ascii")
-        except UnicodeDecodeError as err:
-            raise StrictError(f"not ASCII: {line!r}") from err
-    text = line[:-1] if line.endswith("\n") else line
+    text = _text(line)
     if "\n" in text or not text.startswith("{") or not text.endswith("}"):
         raise StrictError(f"not one JSON object: {line!r}")
     try:

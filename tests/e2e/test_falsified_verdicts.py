@@ -12,8 +12,19 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import events, recv_until_eof
-from test_verdicts import BODY, BYE, RCPT_OK, RCPT_RELAY, SMTPD, Client, _check, _env, _finish
+from helpers import (
+    BODY,
+    BYE,
+    RCPT_OK,
+    RCPT_RELAY,
+    SMTPD,
+    SmtpClient,
+    check_fields,
+    double_env,
+    events,
+    one_summary,
+    recv_until_eof,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -27,46 +38,51 @@ def _queued(tmp_path: Path) -> int:
 
 
 def _start(tcpserver, wrapper, tmp_path):
-    env = _env(tmp_path, FAKE_QUEUE_DIR=str(tmp_path / "queue"))
+    env = double_env(tmp_path, FAKE_QUEUE_DIR=str(tmp_path / "queue"))
     (tmp_path / "queue").mkdir(exist_ok=True)
     return tcpserver([*wrapper, "--", SMTPD], env=env)
 
 
-def _quit(c: Client) -> None:
+def _quit(c: SmtpClient) -> None:
     c.cmd(b"QUIT", 221)
     c.hang_up()
 
 
-def test_data_nul_is_data_and_the_message_is_seen(tcpserver, wrapper, tmp_path):
-    """`DATA\\0`: qmail-smtpd reads DATA and queues; the summary says so."""
-    server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
-    c.envelope()
-    c.cmd(b"DATA\0", 354)
-    c.sock.sendall(BODY + b".\r\n")
-    assert c.reply()[0] == 250
-    _quit(c)
-    summary, status, _ = _finish(server)
-    _check(summary, "QUIT answered", verdict="ok", data=1, queued="yes", exit=0)
-    assert _queued(tmp_path) == 1 and status == 0
-
-
-def test_junk_then_a_message_is_not_hidden_by_not_smtp(tcpserver, wrapper, tmp_path):
-    """20 junk lines (502 each), then a normal message: ok and queued, not rejected."""
-    server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
-    assert c.reply()[0] == 220
-    for i in range(20):
-        assert c.cmd(b"junk line %d" % i, 502) == UNIMPL[1]
-    c.cmd(b"EHLO client.test", 250)
+def _deliver(c: SmtpClient) -> None:
+    """MAIL, RCPT, DATA, the message accepted, QUIT."""
     c.cmd(b"MAIL FROM:<e2e@example.com>", 250)
     c.cmd(f"RCPT TO:<{RCPT_OK}>".encode(), 250)
     c.cmd(b"DATA", 354)
     c.sock.sendall(BODY + b".\r\n")
     assert c.reply()[0] == 250
     _quit(c)
-    summary, _, log = _finish(server)
-    _check(summary, "QUIT answered", verdict="ok", data=1, queued="yes", notes=None)
+
+
+def test_data_nul_is_data_and_the_message_is_seen(tcpserver, wrapper, tmp_path):
+    """`DATA\\0`: qmail-smtpd reads DATA and queues; the summary says so."""
+    server = _start(tcpserver, wrapper, tmp_path)
+    c = SmtpClient(server)
+    c.envelope()
+    c.cmd(b"DATA\0", 354)
+    c.sock.sendall(BODY + b".\r\n")
+    assert c.reply()[0] == 250
+    _quit(c)
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "QUIT answered", verdict="ok", data=1, queued="yes", exit=0)
+    assert _queued(tmp_path) == 1 and status == 0
+
+
+def test_junk_then_a_message_is_not_hidden_by_not_smtp(tcpserver, wrapper, tmp_path):
+    """20 junk lines (502 each), then a normal message: ok and queued, not rejected."""
+    server = _start(tcpserver, wrapper, tmp_path)
+    c = SmtpClient(server)
+    assert c.reply()[0] == 220
+    for i in range(20):
+        assert c.cmd(b"junk line %d" % i, 502) == UNIMPL[1]
+    c.cmd(b"EHLO client.test", 250)
+    _deliver(c)
+    summary, _, log = one_summary(server)
+    check_fields(summary, "QUIT answered", verdict="ok", data=1, queued="yes", notes=None)
     assert _queued(tmp_path) == 1
     assert [e["event"] for e in events(log)].count("not_smtp") == 1
 
@@ -76,18 +92,13 @@ def test_refused_bdat_then_a_message(tcpserver, wrapper, tmp_path, last):
     """BDAT (no CHUNKING: 502), its "chunk" read as commands, then a message: ok, queued;
     BDAT ... LAST is no queue failure (it used to page the postmaster at will)."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     assert c.reply()[0] == 220
     c.cmd(b"EHLO client.test", 250)
     c.cmd(b"BDAT 100000" + last, 502)
-    c.cmd(b"MAIL FROM:<e2e@example.com>", 250)
-    c.cmd(f"RCPT TO:<{RCPT_OK}>".encode(), 250)
-    c.cmd(b"DATA", 354)
-    c.sock.sendall(BODY + b".\r\n")
-    assert c.reply()[0] == 250
-    _quit(c)
-    summary, _, _ = _finish(server)
-    _check(summary, "QUIT answered", verdict="ok", data=1, queued="yes", bdat="0/1")
+    _deliver(c)
+    summary, _, _ = one_summary(server)
+    check_fields(summary, "QUIT answered", verdict="ok", data=1, queued="yes", bdat="0/1")
     assert _queued(tmp_path) == 1
 
 
@@ -95,26 +106,21 @@ def test_tls_first_byte_then_plain_smtp_is_not_tls(tcpserver, wrapper, tmp_path)
     """0x16 before the banner, then plain SMTP: qmail answers 502 and queues the message;
     no tls_failed, tls=false (TLS only once the server speaks it)."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     c.sock.sendall(b"\x16\x03\x01 hello?\r\n")
     assert c.reply()[0] == 220
     assert c.reply() == UNIMPL
     c.cmd(b"EHLO client.test", 250)
-    c.cmd(b"MAIL FROM:<e2e@example.com>", 250)
-    c.cmd(f"RCPT TO:<{RCPT_OK}>".encode(), 250)
-    c.cmd(b"DATA", 354)
-    c.sock.sendall(BODY + b".\r\n")
-    assert c.reply()[0] == 250
-    _quit(c)
-    summary, _, _ = _finish(server)
-    _check(summary, "QUIT answered", verdict="ok", tls="false", queued="yes")
+    _deliver(c)
+    summary, _, _ = one_summary(server)
+    check_fields(summary, "QUIT answered", verdict="ok", tls="false", queued="yes")
 
 
 def test_refused_data_with_a_pipelined_body_queues_nothing(tcpserver, wrapper, tmp_path):
     """DATA refused (503), 64 KiB+ of body pipelined anyway (502 a line), '.', QUIT:
     nothing queued and the summary says so (it said ok data=1 queued=yes)."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     assert c.reply()[0] == 220
     c.cmd(b"EHLO client.test", 250)
     lines = 3000
@@ -126,8 +132,8 @@ def test_refused_data_with_a_pipelined_body_queues_nothing(tcpserver, wrapper, t
         assert c.reply() == UNIMPL
     assert c.reply()[0] == 221
     c.hang_up()
-    summary, _, _ = _finish(server)
-    _check(summary, "", verdict="rejected", data="0/1", queued=None, quit=1)
+    summary, _, _ = one_summary(server)
+    check_fields(summary, "", verdict="rejected", data="0/1", queued=None, quit=1)
     assert summary["last_reply"] == BYE
     assert _queued(tmp_path) == 0
 
@@ -135,7 +141,7 @@ def test_refused_data_with_a_pipelined_body_queues_nothing(tcpserver, wrapper, t
 def test_half_close_after_dot_reply_delivered(tcpserver, wrapper, tmp_path):
     """'.', then SHUT_WR, then read: the client gets its 250, so reply_delivered=yes."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     c.envelope()
     c.cmd(b"DATA", 354)
     c.sock.sendall(BODY + b".\r\n")
@@ -143,8 +149,8 @@ def test_half_close_after_dot_reply_delivered(tcpserver, wrapper, tmp_path):
     rest = recv_until_eof(c.sock)
     c.sock.close()
     assert rest.startswith(b"250 ok "), rest
-    summary, _, _ = _finish(server)
-    _check(summary, "", verdict="client_lost_after_data_end", queued="yes",
+    summary, _, _ = one_summary(server)
+    check_fields(summary, "", verdict="client_lost_after_data_end", queued="yes",
            reply_delivered="yes")
     assert _queued(tmp_path) == 1
 
@@ -153,7 +159,7 @@ def test_refused_recipient_is_logged_with_its_reply(tcpserver, wrapper, tmp_path
     """rcpthosts refusal, then an accepted recipient: one reject line names the recipient
     and the reply; the summary counts it; the accepted RCPT is not logged."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     assert c.reply()[0] == 220
     c.cmd(b"EHLO client.test", 250)
     c.cmd(b"MAIL FROM:<e2e@example.com>", 250)
@@ -163,20 +169,20 @@ def test_refused_recipient_is_logged_with_its_reply(tcpserver, wrapper, tmp_path
     c.sock.sendall(BODY + b".\r\n")
     assert c.reply()[0] == 250
     _quit(c)
-    summary, _, log = _finish(server)
+    summary, _, log = one_summary(server)
     rejects = [e for e in events(log) if e["event"] == "reject"]
     assert len(rejects) == 1
     assert (rejects[0]["code"], rejects[0]["command"], rejects[0]["arg"],
             rejects[0]["in_stage"]) == ("553", "RCPT", RCPT_RELAY, "rcpt")
     assert rejects[0]["text"] == "sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"
-    _check(summary, "QUIT answered", verdict="ok", rcpt="1/2", rejects=1,
+    check_fields(summary, "QUIT answered", verdict="ok", rcpt="1/2", rejects=1,
            rejects_unlogged=None)
 
 
 def test_dictionary_attack_is_bounded_in_the_log(tcpserver, wrapper, tmp_path):
     """1,000 refused RCPTs: ten reject lines, all counted on the summary."""
     server = _start(tcpserver, wrapper, tmp_path)
-    c = Client(server)
+    c = SmtpClient(server)
     assert c.reply()[0] == 220
     c.cmd(b"EHLO client.test", 250)
     c.cmd(b"MAIL FROM:<e2e@example.com>", 250)
@@ -184,6 +190,6 @@ def test_dictionary_attack_is_bounded_in_the_log(tcpserver, wrapper, tmp_path):
     for _ in range(1000):
         assert c.reply()[0] == 553
     _quit(c)
-    summary, _, log = _finish(server)
+    summary, _, log = one_summary(server)
     assert [e["event"] for e in events(log)].count("reject") == 10
-    _check(summary, "", verdict="rejected", rejects=1000, rejects_unlogged=990)
+    check_fields(summary, "", verdict="rejected", rejects=1000, rejects_unlogged=990)

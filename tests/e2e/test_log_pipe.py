@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import strict_logfmt as strict
-from helpers import TESTS_DIR, free_port, no_core_dumps
+from helpers import TESTS_DIR, free_port, kill_group, no_core_dumps
 
 pytestmark = pytest.mark.e2e
 
@@ -85,16 +84,7 @@ class Silent:
             self.reader.join(TIMEOUT_S)
         proc, self.proc = self.proc, None
         if proc is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout=5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            kill_group(proc)
         os.close(self.read_fd)
 
 

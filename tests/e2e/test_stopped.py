@@ -16,52 +16,20 @@ import signal
 import socket
 
 import pytest
-from helpers import TESTS_DIR, TcpServer, event, events, recv_until_eof
+from helpers import SMTPD, SmtpClient, TcpServer, double_env, events, one_summary, recv_until_eof
 
 pytestmark = pytest.mark.e2e
 
-SMTPD = str(TESTS_DIR / "fakes" / "fake-qmail-smtpd")
-QUEUE = str(TESTS_DIR / "fakes" / "fake-qmail-queue")
-
-
 def _env(tmp_path) -> dict[str, str]:
-    control = tmp_path / "control"
-    control.mkdir(exist_ok=True)
-    (control / "rcpthosts").write_text("example.org\n")
     spool = tmp_path / "spool"
     spool.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FAKE_", "QMAILQUEUE", "RELAYCLIENT", "DATABYTES"))}
-    env.update(FAKE_QMAIL_CONTROL=str(control), QMAILQUEUE=QUEUE, FAKE_QUEUE_DIR=str(spool))
-    return env
+    return double_env(tmp_path, FAKE_QUEUE_DIR=str(spool))
 
 
-class Client:
-    def __init__(self, server: TcpServer) -> None:
-        self.sock = server.connect()
-        self.buf = b""
-
-    def reply(self) -> bytes:
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise AssertionError(f"EOF before a reply, got {self.buf!r}")
-                self.buf += data
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, line: bytes) -> bytes:
-        self.sock.sendall(line + b"\r\n")
-        return self.reply()
-
-    def up_to_mail(self) -> None:
-        assert self.reply().startswith(b"220 ")
-        assert self.cmd(b"EHLO client.test").startswith(b"250-")
-        assert self.cmd(b"MAIL FROM:<e2e@example.com>") == b"250 ok"
+def _up_to_mail(client: SmtpClient) -> None:
+    assert client.reply()[0] == 220
+    client.cmd(b"EHLO client.test", 250)
+    client.cmd(b"MAIL FROM:<e2e@example.com>", 250)
 
 
 def _pids(server: TcpServer) -> tuple[int, int]:
@@ -71,11 +39,7 @@ def _pids(server: TcpServer) -> tuple[int, int]:
 
 
 def _finish(server: TcpServer) -> tuple[dict[str, str], int]:
-    statuses = server.end_statuses(1)
-    log = server.log()
-    summary = event(log, "summary")
-    pid, status = next(iter(statuses.items()))
-    assert int(summary["pid"]) == pid, log
+    summary, status, _ = one_summary(server)
     return summary, status
 
 
@@ -85,8 +49,8 @@ def test_signal_to_wrapper_mid_session_is_stopped(tcpserver, wrapper, tmp_path, 
     """TERM/HUP/INT to the wrapper after MAIL: verdict=stopped, tcpserver sees the signal."""
     name = signal.Signals(signum).name
     server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
-    client.up_to_mail()
+    client = SmtpClient(server)
+    _up_to_mail(client)
     wrapper_pid, _ = _pids(server)
     os.kill(wrapper_pid, signum)
     assert recv_until_eof(client.sock) == b""
@@ -105,8 +69,8 @@ def test_signal_to_wrapper_mid_session_is_stopped(tcpserver, wrapper, tmp_path, 
 def test_sigterm_to_child_alone_is_server_crashed(tcpserver, wrapper, tmp_path):
     """SIGTERM to qmail-smtpd only (the wrapper was not told anything): server_crashed."""
     server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
-    client.up_to_mail()
+    client = SmtpClient(server)
+    _up_to_mail(client)
     _, child_pid = _pids(server)
     os.kill(child_pid, signal.SIGTERM)
     assert recv_until_eof(client.sock) == b""
@@ -122,15 +86,15 @@ def test_hup_survivor_finishing_its_session_is_ok(tcpserver, wrapper, tmp_path):
     """A child that ignores HUP goes on after the wrapper passed it on: QUIT answered, ok."""
     child = ["/bin/sh", "-c", 'trap "" HUP; exec "$@"', "sh", SMTPD]
     server = tcpserver([*wrapper, "--", *child], env=_env(tmp_path))
-    client = Client(server)
-    client.up_to_mail()
+    client = SmtpClient(server)
+    _up_to_mail(client)
     wrapper_pid, _ = _pids(server)
     os.kill(wrapper_pid, signal.SIGHUP)
-    assert client.cmd(b"RCPT TO:<rcpt@example.org>") == b"250 ok"
-    assert client.cmd(b"DATA") == b"354 go ahead"
+    assert client.cmd(b"RCPT TO:<rcpt@example.org>", 250) == b"250 ok"
+    assert client.cmd(b"DATA", 354) == b"354 go ahead"
     client.sock.sendall(b"Subject: still here\r\n\r\nhello\r\n.\r\n")
-    assert client.reply().startswith(b"250 ok ")
-    assert client.cmd(b"QUIT") == b"221 fake.example"
+    assert client.reply()[1].startswith(b"250 ok ")
+    assert client.cmd(b"QUIT", 221) == b"221 fake.example"
     client.sock.shutdown(socket.SHUT_WR)
     assert recv_until_eof(client.sock) == b""
     client.sock.close()

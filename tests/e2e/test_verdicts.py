@@ -20,113 +20,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import TESTS_DIR, TcpServer, event, events, recv_until_eof
+from helpers import (
+    ABSENT,
+    BANNER,
+    BODY,
+    BYE,
+    GREETING,
+    QP,
+    RCPT_OK,
+    RCPT_RELAY,
+    SCANNER,
+    SMTPD,
+    SMTPLF,
+    SmtpClient,
+    TcpServer,
+    check_fields,
+    double_env,
+    events,
+    one_summary,
+    recv_until_eof,
+)
 
 pytestmark = pytest.mark.e2e
-
-FAKES = TESTS_DIR / "fakes"
-SMTPD = str(FAKES / "fake-qmail-smtpd")
-QUEUE = str(FAKES / "fake-qmail-queue")
-SCANNER = str(FAKES / "fake-qmail-scanner")
-GREETING = "fake.example"
-BANNER = f"220 {GREETING} ESMTP"
-SMTPLF = "451 See http://pobox.com/~djb/docs/smtplf.html."
-BYE = f"221 {GREETING}"
-RCPT_OK = "rcpt@example.org"  # in control/rcpthosts
-RCPT_RELAY = "rcpt@elsewhere.test"  # not in control/rcpthosts
-BODY = b"From: e2e@example.com\r\nTo: rcpt@example.org\r\nSubject: verdicts\r\n\r\nhello\r\n"
-QP = re.compile(r"250 ok \d+ qp (\d+)")
-ABSENT = None  # an expected summary field that must not be on the line
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _env(tmp_path: Path, queue: str = QUEUE, timeoutsmtpd: int | None = None,
-         **extra: str) -> dict[str, str]:
-    """Environment for the double: control/rcpthosts, the queue program, FAKE_* knobs."""
-    control = tmp_path / "control"
-    control.mkdir(exist_ok=True)
-    (control / "rcpthosts").write_text("example.org\n")
-    if timeoutsmtpd is not None:
-        (control / "timeoutsmtpd").write_text(f"{timeoutsmtpd}\n")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FAKE_", "QMAILQUEUE", "RELAYCLIENT", "DATABYTES"))}
-    env.update(FAKE_QMAIL_CONTROL=str(control), QMAILQUEUE=queue, **extra)
-    return env
-
-
-def _finish(server: TcpServer) -> tuple[dict[str, str], int, str]:
-    """(summary, tcpserver end status, whole log) of the server's one connection."""
-    statuses = server.end_statuses(1)
-    log = server.log()
-    summary = event(log, "summary")
-    assert summary["verdict"] != "unknown", log
-    assert [e["event"] for e in events(log)].count("summary") == 1
-    pid, status = next(iter(statuses.items()))
-    assert int(summary["pid"]) == pid, log
-    return summary, status, log
-
-
-def _check(summary: dict[str, str], reason: str, **want: object) -> None:
-    """Each wanted field equals its value (``None``: absent); ``reason`` is a substring."""
-    assert reason in summary.get("reason", ""), summary
-    for key, value in want.items():
-        if value is None:
-            assert key not in summary, (key, summary)
-        else:
-            assert summary.get(key) == str(value), (key, summary)
-
-
-class Client:
-    """A raw SMTP client socket that reads whole (multi-line) replies."""
-
-    def __init__(self, server: TcpServer) -> None:
-        self.sock = server.connect()
-        self.buf = b""
-
-    def reply(self) -> tuple[int, bytes]:
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise AssertionError(f"EOF before a reply, got {self.buf!r}")
-                self.buf += data
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return int(line[:3]), b"\n".join(lines)
-
-    def cmd(self, line: bytes, code: int) -> bytes:
-        self.sock.sendall(line + b"\r\n")
-        got, text = self.reply()
-        assert got == code, text
-        return text
-
-    def envelope(self, rcpt: str = RCPT_OK) -> None:
-        """Banner, EHLO, MAIL, RCPT, all accepted."""
-        assert self.reply()[0] == 220
-        self.cmd(b"EHLO client.test", 250)
-        self.cmd(b"MAIL FROM:<e2e@example.com>", 250)
-        self.cmd(f"RCPT TO:<{rcpt}>".encode(), 250)
-
-    def message(self, body: bytes = BODY) -> tuple[int, bytes]:
-        """A whole session up to the reply to the end of data."""
-        self.envelope()
-        self.cmd(b"DATA", 354)
-        self.sock.sendall(body + b".\r\n")
-        return self.reply()
-
-    def hang_up(self) -> None:
-        """Shut down the sending side, then wait for the server to close."""
-        self.sock.shutdown(socket.SHUT_WR)
-        recv_until_eof(self.sock)
-        self.sock.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 def _parity(tcpserver: Callable[..., TcpServer], argv: list[str], env: dict[str, str],
             scenario: Callable[[TcpServer, bool], object]) -> int:
@@ -161,14 +76,14 @@ def _swaks_ok(need: Callable[[str], str]) -> Callable[[TcpServer, bool], str]:
 
 def test_verdict_ok_double(tcpserver, wrapper, need, tmp_path):
     """swaks delivers a message to the double and QUITs: verdict=ok, queue_pid = the 250's qp."""
-    env = _env(tmp_path)
+    env = double_env(tmp_path)
     scenario = _swaks_ok(need)
     server = tcpserver([*wrapper, "--", SMTPD], env=env)
     out = scenario(server, True)
-    summary, status, _ = _finish(server)
+    summary, status, _ = one_summary(server)
     qp = QP.search(out)
     assert qp, out
-    _check(summary, "QUIT answered", verdict="ok", stage="quit", ehlo=1, mail=1, rcpt=1,
+    check_fields(summary, "QUIT answered", verdict="ok", stage="quit", ehlo=1, mail=1, rcpt=1,
            data=1, quit=1, commands=5, tls="false", queued="yes", reply_delivered="yes",
            queue_pid=qp[1], queue_exit=0, queue=ABSENT, last_reply=BYE, exit=0,
            signal=ABSENT)
@@ -184,8 +99,8 @@ def test_verdict_ok_exim(tcpserver, wrapper, need):
     queued = re.search(r"^<-  250 OK id=(\S+)", out, re.M)
     try:
         assert queued, out
-        summary, status, _ = _finish(server)
-        _check(summary, "QUIT answered", verdict="ok", stage="quit", ehlo=1, mail=1, rcpt=1,
+        summary, status, _ = one_summary(server)
+        check_fields(summary, "QUIT answered", verdict="ok", stage="quit", ehlo=1, mail=1, rcpt=1,
                data=1, quit=1, commands=5, queued="yes", reply_delivered="yes",
                queue_pid=ABSENT, queue_exit=ABSENT, exit=0)
         assert re.fullmatch(r"221 \S+ closing connection", summary["last_reply"]), summary
@@ -200,16 +115,16 @@ def test_verdict_ok_exim(tcpserver, wrapper, need):
 
 def test_verdict_rejected_double(tcpserver, wrapper, tmp_path):
     """RCPT to a domain not in rcpthosts (553), then QUIT: verdict=rejected."""
-    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
+    server = tcpserver([*wrapper, "--", SMTPD], env=double_env(tmp_path))
+    client = SmtpClient(server)
     assert client.reply()[0] == 220
     client.cmd(b"EHLO client.test", 250)
     client.cmd(b"MAIL FROM:<e2e@example.com>", 250)
     client.cmd(f"RCPT TO:<{RCPT_RELAY}>".encode(), 553)
     client.cmd(b"QUIT", 221)
     client.hang_up()
-    summary, status, _ = _finish(server)
-    _check(summary, "553 sorry, that domain isn't in my list of allowed rcpthosts",
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "553 sorry, that domain isn't in my list of allowed rcpthosts",
            verdict="rejected", stage="quit", ehlo=1, mail=1, rcpt="0/1", quit=1,
            commands="3/4", data=ABSENT, queued=ABSENT, queue_pid=ABSENT, last_reply=BYE,
            exit=0)
@@ -220,15 +135,15 @@ def test_verdict_rejected_exim(tcpserver, wrapper, need):
     """exim refuses to relay for a remote host (550), then QUIT: verdict=rejected."""
     exim = need("exim")
     server = tcpserver([*wrapper, "--", exim, "-bs", "-odq", "-oMa", "192.0.2.7"])
-    client = Client(server)
+    client = SmtpClient(server)
     assert client.reply()[0] == 220
     client.cmd(b"EHLO client.test", 250)
     client.cmd(b"MAIL FROM:<e2e@example.com>", 250)
     client.cmd(b"RCPT TO:<someone@remote.example>", 550)
     client.cmd(b"QUIT", 221)
     client.hang_up()
-    summary, status, _ = _finish(server)
-    _check(summary, "550 relay not permitted", verdict="rejected", stage="quit", ehlo=1,
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "550 relay not permitted", verdict="rejected", stage="quit", ehlo=1,
            mail=1, rcpt="0/1", quit=1, commands="3/4", queued=ABSENT, exit=0)
     assert summary["last_reply"].startswith("221 "), summary
     assert status == 0
@@ -256,11 +171,11 @@ def _swaks_bare_lf(need: Callable[[str], str], path: Path) -> Callable[[TcpServe
 
 def test_verdict_bare_lf_seed_scenario(tcpserver, wrapper, need, tmp_path):
     """swaks sends a bare LF through the wrapper to the double behind a qmail-scanner: bare_lf."""
-    env = _env(tmp_path, queue=SCANNER)
+    env = double_env(tmp_path, queue=SCANNER)
     scenario = _swaks_bare_lf(need, tmp_path / "bare-lf.eml")
     server = tcpserver([*wrapper, "--", SMTPD], env=env)
     scenario(server, True)
-    summary, status, log = _finish(server)
+    summary, status, log = one_summary(server)
     died = [e for e in events(log) if e["event"] == "child_stderr"
             and "closed, parent process died" in e.get("text", "")]
     assert len(died) == 1, log
@@ -269,7 +184,7 @@ def test_verdict_bare_lf_seed_scenario(tcpserver, wrapper, need, tmp_path):
     assert scanner, died
     assert died[0]["pid"] == summary["pid"]
     assert died[0]["source"] == "qmail-scanner"
-    _check(summary, f"451 smtplf after 1 bare LF, first at body line {BARE_LF_BODY_LINE}",
+    check_fields(summary, f"451 smtplf after 1 bare LF, first at body line {BARE_LF_BODY_LINE}",
            verdict="bare_lf", ehlo=1, mail=1, rcpt=1, data="0/1", unknown=ABSENT,
            queued="no", reply_delivered="yes", bare_lf=1, bare_lf_line=BARE_LF_BODY_LINE,
            queue="parent_died", queue_pid=scanner[1], queue_exit=ABSENT,
@@ -289,14 +204,14 @@ def test_verdict_bare_lf_seed_scenario(tcpserver, wrapper, need, tmp_path):
 
 def test_verdict_timeout(tcpserver, wrapper, tmp_path):
     """control/timeoutsmtpd=1 and an idle client: ``451 timeout (#4.4.2)``, verdict=timeout."""
-    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path, timeoutsmtpd=1))
-    client = Client(server)
+    server = tcpserver([*wrapper, "--", SMTPD], env=double_env(tmp_path, timeoutsmtpd=1))
+    client = SmtpClient(server)
     assert client.reply()[0] == 220
     client.cmd(b"EHLO client.test", 250)
     assert recv_until_eof(client.sock) == b"451 timeout (#4.4.2)\r\n"
     client.close()
-    summary, status, _ = _finish(server)
-    _check(summary, "451 timeout from the server in stage ehlo", verdict="timeout",
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "451 timeout from the server in stage ehlo", verdict="timeout",
            stage="ehlo", ehlo=1, commands=1, queued=ABSENT,
            last_reply="451 timeout (#4.4.2)", exit=1)
     assert status == 256
@@ -315,12 +230,12 @@ def _qq_session(tcpserver: Callable[..., TcpServer], wrapper: list[str], tmp_pat
     spool = tmp_path / "queue"
     spool.mkdir()
     server = tcpserver([*wrapper, "--", SMTPD],
-                       env=_env(tmp_path, FAKE_QUEUE_DIR=str(spool), **knobs))
-    client = Client(server)
+                       env=double_env(tmp_path, FAKE_QUEUE_DIR=str(spool), **knobs))
+    client = SmtpClient(server)
     _, reply = client.message()
     client.cmd(b"QUIT", 221)
     client.hang_up()
-    summary, status, _ = _finish(server)
+    summary, status, _ = one_summary(server)
     assert status == 0
     stored = [p.name for p in spool.iterdir() if not p.name.endswith(".env")]
     assert len(stored) == 1, stored
@@ -331,7 +246,7 @@ def test_verdict_queue_temp_fail(tcpserver, wrapper, tmp_path):
     """qq exit 53 (451 disk full) and the client QUITs afterwards: still queue_temp_fail."""
     reply, summary, qpid = _qq_session(tcpserver, wrapper, tmp_path, FAKE_QUEUE_EXIT="53")
     assert reply == b"451 qq write error or disk full (#4.3.0)"
-    _check(summary, "451 disk_full after DATA", verdict="queue_temp_fail", stage="quit",
+    check_fields(summary, "451 disk_full after DATA", verdict="queue_temp_fail", stage="quit",
            ehlo=1, mail=1, rcpt=1, data="0/1", quit=1, commands="4/5", queued="no",
            reply_delivered="yes", queue_pid=qpid, queue_exit=53, queue="disk_full",
            last_reply=BYE, exit=0)
@@ -341,7 +256,7 @@ def test_verdict_queue_perm_fail(tcpserver, wrapper, tmp_path):
     """qq exit 31 (554 permanently rejected), then QUIT: verdict=queue_perm_fail."""
     reply, summary, qpid = _qq_session(tcpserver, wrapper, tmp_path, FAKE_QUEUE_EXIT="31")
     assert reply == b"554 mail server permanently rejected message (#5.3.0)"
-    _check(summary, "554 perm_rejected after DATA", verdict="queue_perm_fail", stage="quit",
+    check_fields(summary, "554 perm_rejected after DATA", verdict="queue_perm_fail", stage="quit",
            ehlo=1, mail=1, rcpt=1, data="0/1", quit=1, commands="4/5", queued="no",
            reply_delivered="yes", queue_pid=qpid, queue_exit=31, queue="perm_rejected",
            last_reply=BYE, exit=0)
@@ -383,12 +298,12 @@ def test_verdict_qq_exit_code_mapped(tcpserver, wrapper, tmp_path, code):
     if code == "0":
         assert reply.decode() == QP.fullmatch(reply.decode())[0], reply
         assert QP.fullmatch(reply.decode())[1] == qpid, reply
-        _check(summary, "QUIT answered", verdict="ok", data=1, commands=5, queued="yes",
+        check_fields(summary, "QUIT answered", verdict="ok", data=1, commands=5, queued="yes",
                queue_pid=qpid, queue_exit=0, queue=ABSENT)
         return
     assert reply.decode() == text
     verdict = "queue_perm_fail" if text.startswith("5") else "queue_temp_fail"
-    _check(summary, f"{text[:3]} {meaning} after DATA", verdict=verdict, stage="quit",
+    check_fields(summary, f"{text[:3]} {meaning} after DATA", verdict=verdict, stage="quit",
            data="0/1", commands="4/5", queued="no", reply_delivered="yes", queue_pid=qpid,
            queue_exit=qq_exit, queue=meaning, last_reply=BYE, exit=0)
 
@@ -399,7 +314,7 @@ def test_verdict_qq_exit_code_mapped(tcpserver, wrapper, tmp_path, code):
 def _lost_at(stage: str) -> Callable[[TcpServer, bool], None]:
     """A client that leaves (before QUIT) right after ``stage``."""
     def scenario(server: TcpServer, wrapped: bool) -> None:
-        client = Client(server)
+        client = SmtpClient(server)
         if stage != "connect":
             assert client.reply() == (220, BANNER.encode())
         if stage in ("mail", "rcpt", "data", "data_body"):
@@ -435,15 +350,15 @@ LOST_CASES: dict[str, dict[str, object]] = {
 @pytest.mark.parametrize("stage", LOST_CASES)
 def test_verdict_client_lost_after_stage(tcpserver, wrapper, tmp_path, stage):
     """A client gone before QUIT is client_lost_after_<stage>; the double's exit 1 passes on."""
-    env = _env(tmp_path)
+    env = double_env(tmp_path)
     argv = [SMTPD]
     if stage == "connect":  # the banner comes late: the client is gone before it
         argv = ["sh", "-c", 'sleep 0.3; exec "$0"', SMTPD]
     scenario = _lost_at(stage)
     server = tcpserver([*wrapper, "--", *argv], env=env)
     scenario(server, True)
-    summary, status, _ = _finish(server)
-    _check(summary, f"client closed in stage {stage} before QUIT",
+    summary, status, _ = one_summary(server)
+    check_fields(summary, f"client closed in stage {stage} before QUIT",
            verdict=f"client_lost_after_{stage}", reply_delivered=ABSENT, queue_exit=ABSENT,
            exit=1, **LOST_CASES[stage])
     if stage not in ("data", "data_body"):  # no queue program started yet
@@ -461,7 +376,7 @@ STAGE_DRIFT = ("connect", "data")
 
 def _bare_lf_then_quit(server: TcpServer, wrapped: bool) -> None:
     """A pipelining client: body with a bare LF, the end of data and QUIT in one write."""
-    client = Client(server)
+    client = SmtpClient(server)
     client.envelope()
     client.cmd(b"DATA", 354)
     client.sock.sendall(BARE_LF_DATA + b"\r\nQUIT\r\n")
@@ -479,9 +394,9 @@ def test_verdict_stage_is_where_the_session_failed(tcpserver, wrapper, tmp_path,
         scenario = _lost_at(stage)
         if stage == "connect":
             argv = ["sh", "-c", 'sleep 0.3; exec "$0"', SMTPD]
-    server = tcpserver([*wrapper, "--", *argv], env=_env(tmp_path))
+    server = tcpserver([*wrapper, "--", *argv], env=double_env(tmp_path))
     scenario(server, True)
-    summary, _, _ = _finish(server)
+    summary, _, _ = one_summary(server)
     assert summary["verdict"] == case, summary
     assert summary["stage"] == stage, summary
 
@@ -490,17 +405,17 @@ def test_verdict_client_lost_after_data_end(tcpserver, wrapper, tmp_path):
     """A client gone right after ``.``: the message is queued but the 250 never reaches it."""
     spool = tmp_path / "queue"
     spool.mkdir()
-    env = _env(tmp_path, FAKE_QUEUE_SLEEP="0.3", FAKE_QUEUE_DIR=str(spool))
+    env = double_env(tmp_path, FAKE_QUEUE_SLEEP="0.3", FAKE_QUEUE_DIR=str(spool))
     server = tcpserver([*wrapper, "--", SMTPD], env=env)
-    client = Client(server)
+    client = SmtpClient(server)
     client.envelope()
     client.cmd(b"DATA", 354)
     client.sock.sendall(BODY + b".\r\n")
     client.close()  # the duplicate-mail case: the client will retry this message
-    summary, status, _ = _finish(server)
+    summary, status, _ = one_summary(server)
     stored = [p.name for p in spool.iterdir() if not p.name.endswith(".env")]
     assert len(stored) == 1, stored
-    _check(summary, "in stage data_end before QUIT", verdict="client_lost_after_data_end",
+    check_fields(summary, "in stage data_end before QUIT", verdict="client_lost_after_data_end",
            stage="data_end", ehlo=1, mail=1, rcpt=1, data=1, commands=4, queued="yes",
            reply_delivered="no", queue_pid=stored[0], queue_exit=0, queue=ABSENT, exit=1)
     assert re.fullmatch(rf"250 ok \d+ qp {stored[0]}", summary["last_reply"]), summary
@@ -512,7 +427,7 @@ def test_verdict_client_lost_after_data_end(tcpserver, wrapper, tmp_path):
 
 def _segv_after_banner(server: TcpServer, wrapped: bool) -> None:
     """Read the banner, then kill the double with SIGSEGV."""
-    client = Client(server)
+    client = SmtpClient(server)
     assert client.reply() == (220, BANNER.encode())
     if wrapped:
         pid = int(server.wait_for(r"^event=connect .*child_pid=(\d+)")[1])
@@ -525,11 +440,11 @@ def _segv_after_banner(server: TcpServer, wrapped: bool) -> None:
 
 def test_verdict_server_crashed_sigsegv(tcpserver, wrapper, tmp_path):
     """The double killed by SIGSEGV after its banner: server_crashed, status 11 passed on."""
-    env = _env(tmp_path)
+    env = double_env(tmp_path)
     server = tcpserver([*wrapper, "--", SMTPD], env=env)
     _segv_after_banner(server, True)
-    summary, status, _ = _finish(server)
-    _check(summary, "child killed by SIGSEGV", verdict="server_crashed", stage="banner",
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "child killed by SIGSEGV", verdict="server_crashed", stage="banner",
            commands=0, signal="SIGSEGV", exit=ABSENT, queued=ABSENT, last_reply=BANNER)
     assert status == signal.SIGSEGV
     assert _parity(tcpserver, [SMTPD], env, _segv_after_banner) == status
@@ -538,13 +453,14 @@ def test_verdict_server_crashed_sigsegv(tcpserver, wrapper, tmp_path):
 def test_verdict_server_crashed_softlimit(tcpserver, wrapper, tmp_path, need):
     """``softlimit -m 3000000`` keeps the double from starting: no reply at all, server_crashed."""
     softlimit = need("softlimit")
-    server = tcpserver([*wrapper, "--", softlimit, "-m", "3000000", SMTPD], env=_env(tmp_path))
+    server = tcpserver([*wrapper, "--", softlimit, "-m", "3000000", SMTPD],
+                       env=double_env(tmp_path))
     with server.connect() as client:
         assert recv_until_eof(client) == b""
-    summary, status, _ = _finish(server)
+    summary, status, _ = one_summary(server)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) not in (0, 1), status
     code = os.WEXITSTATUS(status)
-    _check(summary, f"exit {code} with no reply explaining it", verdict="server_crashed",
+    check_fields(summary, f"exit {code} with no reply explaining it", verdict="server_crashed",
            stage="connect", commands=0, last_reply=ABSENT, queued=ABSENT, exit=code)
 
 
@@ -557,16 +473,16 @@ def test_verdict_wrapper_error_missing_program(tcpserver, wrapper, tmp_path):
     server = tcpserver([*wrapper, "--", missing])
     with server.connect() as client:
         assert recv_until_eof(client) == b""
-    summary, status, _ = _finish(server)
-    _check(summary, "no-such-qmail-smtpd", verdict="wrapper_error", stage="connect",
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "no-such-qmail-smtpd", verdict="wrapper_error", stage="connect",
            exit=111)
     assert status == 111 << 8
 
 
 def test_verdict_ok_quit_before_banner(tcpserver, wrapper, tmp_path):
     """A client that sends QUIT before the banner arrives is still ok, not unknown."""
-    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
+    server = tcpserver([*wrapper, "--", SMTPD], env=double_env(tmp_path))
+    client = SmtpClient(server)
     client.sock.sendall(b"QUIT\r\n")
     deadline = time.monotonic() + 10
     data = b""
@@ -577,16 +493,16 @@ def test_verdict_ok_quit_before_banner(tcpserver, wrapper, tmp_path):
         data += chunk
     client.close()
     assert data.startswith(BANNER.encode()), data
-    summary, status, _ = _finish(server)
-    _check(summary, "QUIT", verdict="ok", quit=1, exit=0)
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "QUIT", verdict="ok", quit=1, exit=0)
     assert status == 0
 
 
 
 def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path):
     """HTTP and a binary blob: relayed whole, one not_smtp line, notes=not_smtp, stage kept."""
-    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
+    server = tcpserver([*wrapper, "--", SMTPD], env=double_env(tmp_path))
+    client = SmtpClient(server)
     assert client.reply() == (220, BANNER.encode())
     blob = b"GET / HTTP/1.1\r\nHost: mx\r\n" + b"X-Pad: 1\r\n" * 30 + bytes(range(256)) * 4096
     client.sock.sendall(blob)
@@ -595,8 +511,8 @@ def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path)
     client.close()
     # the double answers every line it reads (one per LF) and exits on EOF
     assert answers.count(b"502 unimplemented (#5.5.1)\r\n") == blob.count(b"\n")
-    summary, status, log = _finish(server)
-    _check(summary, "before QUIT", verdict="client_lost_after_banner", stage="banner",
+    summary, status, log = one_summary(server)
+    check_fields(summary, "before QUIT", verdict="client_lost_after_banner", stage="banner",
            notes="not_smtp", bytes_in=len(blob), exit=1)
     [line] = [e for e in events(log) if e["event"] == "not_smtp"]
     assert line["unknown_lines"] == "20"
@@ -605,13 +521,13 @@ def test_verdict_not_smtp_stream_relayed_and_noted(tcpserver, wrapper, tmp_path)
 
 def test_verdict_not_smtp_then_quit_is_rejected(tcpserver, wrapper, tmp_path):
     """Junk the double refused, then a QUIT the observer no longer reads: rejected."""
-    server = tcpserver([*wrapper, "--", SMTPD], env=_env(tmp_path))
-    client = Client(server)
+    server = tcpserver([*wrapper, "--", SMTPD], env=double_env(tmp_path))
+    client = SmtpClient(server)
     assert client.reply() == (220, BANNER.encode())
     client.sock.sendall(b"X-Junk: 1\r\n" * 25 + b"QUIT\r\n")
     answers = recv_until_eof(client.sock)
     client.close()
     assert answers.endswith(f"{BYE}\r\n".encode())
-    summary, status, _ = _finish(server)
-    _check(summary, "client not speaking SMTP", verdict="rejected", notes="not_smtp", exit=0)
+    summary, status, _ = one_summary(server)
+    check_fields(summary, "client not speaking SMTP", verdict="rejected", notes="not_smtp", exit=0)
     assert status == 0
