@@ -196,44 +196,24 @@ def _limited(prog: str, rate: tuple[int, float], state_dir: str, verdict: str,
 
 # -- the detached program ---------------------------------------------------
 
-def _env_value(value: object) -> str | None:
-    """A field as the log renders it: printable ASCII only, None to leave it out."""
-    from supervise_smtp.output import MAX_VALUE_CHARS, escape
-
-    if value is None:
-        return None
-    if value is True or value is False:
-        text = "true" if value else "false"
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float):
-        text = f"{value:.3f}"
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        text = escape(bytes(value))
-    elif isinstance(value, (tuple, list, set, frozenset)):
-        text = ",".join(t for t in map(_env_value, value) if t is not None)
-    else:
-        text = escape(str(value))
-    if len(text) > MAX_VALUE_CHARS:
-        text = text[:MAX_VALUE_CHARS]
-        cut = text.rfind("\\", MAX_VALUE_CHARS - 4)
-        text = text[:cut] if cut >= 0 else text
-    return text
-
-
 def _env_key(key: str) -> str:
     return _PREFIX + "".join(c if c.isascii() and c.isalnum() else "_" for c in key).upper()
 
 
 def _alert_env(verdict: str, fields: dict[str, object], suppressed: int) -> dict[bytes, bytes]:
-    """The alert program's environment (bytes), as described in the module doc."""
+    """The alert program's environment (bytes), as described in the module doc.
+
+    Each value as the log line shows it (output.render): escaped, capped.
+    """
+    from supervise_smtp.output import escape, render
+
     env = {k: v for k, v in os.environb.items()
            if not k.startswith(_PREFIX.encode()) or k == _TIMEOUT_ENV.encode()}
     for key, value in fields.items():
-        text = _env_value(value)
+        text = render(value)
         if text is not None:
             env[_env_key(key).encode("ascii")] = text.encode("ascii")
-    env[b"SUPERVISE_SMTP_VERDICT"] = _env_value(verdict).encode("ascii")  # type: ignore[union-attr]
+    env[b"SUPERVISE_SMTP_VERDICT"] = escape(verdict).encode("ascii")
     env[b"SUPERVISE_SMTP_SUPPRESSED"] = str(suppressed).encode("ascii")
     return env
 

@@ -1,4 +1,4 @@
-"""Targeted, redacted transcript capture of one SMTP connection (issue 5).
+"""Targeted, redacted transcript capture of one SMTP connection.
 
 ``Capture`` turns observer events into recordio-compatible lines::
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 
-from .output import escape
+from .output import escape, render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # re, tempfile, typing: ~15 ms of start-up, per connection
@@ -71,22 +71,17 @@ def filename_safe(text: str | None) -> str:
 
 
 def _value(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return escape(bytes(value))
-    if isinstance(value, (tuple, list, frozenset, set)):
-        return ",".join(_value(v) for v in value)
-    return escape(str(value))
+    """A value as the log line shows it (true/false, escaped, capped)."""
+    return render(value) or ""
 
 
 def _pairs(fields: dict[str, object]) -> str:
     """``key=value ...``; a value with a space is double-quoted (logfmt style)."""
     out = []
     for key, value in fields.items():
-        if value is None:
+        text = render(value)
+        if text is None:
             continue
-        text = _value(value)
         if " " in text or '"' in text or not text:
             text = '"' + text.replace('"', '\\x22') + '"'
         out.append(f"{key}={text}")

@@ -50,6 +50,7 @@ __all__ = [
     "format_logfmt",
     "format_json",
     "parse_logfmt",
+    "render",
 ]
 
 MAX_LINE_BYTES = 4000
@@ -92,6 +93,16 @@ def _text(value: object) -> str | None:
     if isinstance(value, (tuple, list, frozenset, set)):
         return ",".join(t for t in map(_text, value) if t is not None)
     return escape(str(value)[:MAX_VALUE_CHARS + 1])
+
+
+def render(value: object, limit: int = MAX_VALUE_CHARS) -> str | None:
+    """A field's value as every writer shows it (log line, alert environment,
+    transcript): printable ASCII, escaped, ``true``/``false``, sequences
+    comma-joined, cut to ``limit`` between whole escapes; None: leave it out."""
+    text = _text(value)
+    if text is not None and len(text) > limit:
+        text = _cut(text, limit)
+    return text
 
 
 def _cut(text: str, limit: int) -> str:
