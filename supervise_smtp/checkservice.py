@@ -20,18 +20,18 @@ import sys
 from dataclasses import dataclass
 
 from supervise_smtp.errors import UsageError
-from supervise_smtp.wraprun import (
+from supervise_smtp.shscript import (
     CHPST_OPTSTRING,
     SOFTLIMITS,
     TCPSERVER_OPTSTRING,
     Command,
-    WrapRefused,
+    ShellSyntaxError,
     assignments,
-    locate,
     program_name,
     resolve,
     shell_commands,
 )
+from supervise_smtp.wraprun import WrapRefused, locate
 
 __all__ = ["Finding", "check", "settings", "main"]
 
@@ -73,7 +73,7 @@ def settings(directory: str, commands: list[Command]) -> dict[str, str]:
     if conf is not None:
         try:
             values.update({k: v for k, v in assignments(shell_commands(conf)).items() if v})
-        except WrapRefused:
+        except ShellSyntaxError:
             pass
     envdir = os.path.join(directory, "env")
     if os.path.isdir(envdir):
@@ -223,7 +223,7 @@ def _check_run(directory: str) -> list[Finding]:
     try:
         commands = shell_commands(text)
         loc = locate(text)
-    except WrapRefused as err:
+    except (ShellSyntaxError, WrapRefused) as err:
         return out + [Finding("error", f"run: cannot find the tcpserver ... qmail-smtpd "
                                        f"command: {err}")]
     cmd = loc.command
@@ -296,7 +296,7 @@ def _check_log(directory: str) -> list[Finding]:
     out.append(_shell_check(path, "log/run"))
     try:
         commands = shell_commands(text)
-    except WrapRefused as err:
+    except ShellSyntaxError as err:
         return out + [Finding("warning", f"log/run: cannot parse: {err}")]
     env = settings(os.path.join(directory, "log"), commands)
     for cmd in commands:

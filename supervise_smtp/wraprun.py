@@ -1,7 +1,7 @@
 """``supervise-smtp wrap-run PATH``: insert supervise-smtp into a run script.
 
-The core is pure (text in, text out, warnings list): :func:`shell_commands`
-cuts a POSIX sh script into simple commands and words with their offsets,
+The core is pure (text in, text out, warnings list): :mod:`shscript` cuts a
+POSIX sh script into simple commands and words with their offsets,
 :func:`locate` finds the one ``tcpserver ... qmail-smtpd`` command and the
 place where tcpserver's program starts, and :func:`wrap` inserts
 ``supervise-smtp [OPTIONS] --`` there.  The script is never executed: ``$VAR``
@@ -21,94 +21,50 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.shscript import (
+    CHPST_OPTSTRING,
+    SOFTLIMIT_OPTSTRING,
+    SOFTLIMITS,
+    TCPSERVER_OPTSTRING,
+    Command,
+    ShellSyntaxError,
+    assignments,
+    first_program,
+    getopt,
+    program_name,
+    resolve,
+    shell_commands,
+    unquote,
+    var_name,
+)
 
 __all__ = [
-    "Word",
-    "Command",
     "Location",
     "Result",
     "WrapRefused",
-    "shell_commands",
-    "assignments",
     "locate",
     "wrap",
     "main",
     "BACKUP_SUFFIX",
-    "TCPSERVER_OPTSTRING",
-    "SOFTLIMITS",
-    "program_name",
-    "resolve",
 ]
 
 BACKUP_SUFFIX = ".bak-supervise-smtp"
 
-# getopt strings read from the installed binaries (``strings tcpserver``,
-# ``strings softlimit``, ``strings chpst``): a letter followed by ":" takes an
-# argument.  tcpserver(1): -c -x -t -u -g -l -b -B take one.
-TCPSERVER_OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:pPoO"
-SOFTLIMIT_OPTSTRING = "a:c:d:f:l:m:o:p:r:s:t:"
-CHPST_OPTSTRING = "u:U:b:e:m:d:o:p:f:c:r:t:/:n:l:L:vP012V"
 # softlimit options that only limit memory: moving them from before tcpserver
 # to after supervise-smtp keeps their meaning for qmail-smtpd.
 _MEMORY_LIMITS = set("amdslr")
-SOFTLIMITS = ("softlimit", "s6-softlimit")
 
 _UNSUPPORTED_SERVERS = ("tcpsvd", "sslserver", "tcpserver-ssl", "s6-tcpserver",
                         "s6-tcpserver4", "s6-tcpserver6", "inetd", "xinetd")
 _SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "busybox")
-_RESERVED = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until",
-             "for", "case", "esac", "in", "!", "{", "}", "time"}
 _PORTISH = re.compile(r"^(\d+|smtp|submission|submissions|smtps|urd)$")
-_VAR_WORD = re.compile(r'^"?\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}'
-                       r'|([A-Za-z_][A-Za-z0-9_]*))"?$')
-_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
-
-# Variable names taken to mean these programs when the script does not assign
-# them (they come from envdir / a sourced conf file).
-_VAR_PROGRAMS = {
-    "SMTPD": "qmail-smtpd", "QMAIL_SMTPD": "qmail-smtpd", "QMAILSMTPD": "qmail-smtpd",
-    "TCPSERVER": "tcpserver", "SUPERVISE_SMTP": "supervise-smtp",
-    "RBLSMTPD": "rblsmtpd",
-}
 
 
 class WrapRefused(Exception):
     """No safe place to insert supervise-smtp (the shell maps it to exit 100)."""
-
-
-@dataclass(frozen=True)
-class Word:
-    """One shell word as written: ``text`` is ``script[start:end]``."""
-
-    text: str
-    start: int
-    end: int
-    line: int
-    redirect: bool = False
-
-    @property
-    def literal(self) -> str | None:
-        """The word after quote removal, or None if it holds an expansion."""
-        return _unquote(self.text)
-
-
-@dataclass
-class Command:
-    """A simple command: its words (redirections flagged) in script order."""
-
-    words: list[Word] = field(default_factory=list)
-
-    @property
-    def args(self) -> list[Word]:
-        """The words that are not redirections."""
-        return [w for w in self.words if not w.redirect]
-
-    @property
-    def line(self) -> int:
-        return self.words[0].line if self.words else 0
 
 
 @dataclass(frozen=True)
@@ -139,288 +95,46 @@ class Result:
 
 
 # --------------------------------------------------------------------------
-# The shell lexer: just enough of POSIX sh to find words and their offsets.
-
-def _skip_quoted(text: str, i: int) -> int:
-    """Index after the quoted/expanded construct starting at ``text[i]``."""
-    c = text[i]
-    n = len(text)
-    if c == "'":
-        j = text.find("'", i + 1)
-        if j < 0:
-            raise WrapRefused(f"unterminated ' quote at line {_line_of(text, i)}")
-        return j + 1
-    if c in "\"`":
-        j = i + 1
-        while j < n:
-            if text[j] == "\\":
-                j += 2
-                continue
-            if text[j] == c:
-                return j + 1
-            if c == '"' and text.startswith("$(", j) or c == '"' and text[j] == "`":
-                j = _skip_quoted(text, j)
-                continue
-            j += 1
-        raise WrapRefused(f"unterminated {c} quote at line {_line_of(text, i)}")
-    if text.startswith("$(", i) or text.startswith("${", i):
-        close = ")" if text[i + 1] == "(" else "}"
-        opener = text[i + 1]
-        depth = 1
-        j = i + 2
-        while j < n:
-            ch = text[j]
-            if ch == "\\":
-                j += 2
-                continue
-            if ch in "'\"`":
-                j = _skip_quoted(text, j)
-                continue
-            if ch == opener:
-                depth += 1
-            elif ch == close:
-                depth -= 1
-                if depth == 0:
-                    return j + 1
-            j += 1
-        raise WrapRefused(f"unterminated ${opener} at line {_line_of(text, i)}")
-    return i + 1
-
-
-def _line_of(text: str, offset: int) -> int:
-    return text.count("\n", 0, offset) + 1
-
-
-def shell_commands(text: str) -> list[Command]:
-    """Simple commands of a sh script, with each word's offsets.
-
-    Handles quotes, ``$(...)``, backquotes, ``${...}``, backslash-newline
-    continuations, comments, here-documents, operators (``; & | && || ( )``)
-    and redirections (``2>&1``, ``>file``: flagged, not arguments).  Reserved
-    words that open or close a compound command are dropped, so the body of
-    an ``if`` is seen as ordinary commands.
-    """
-    commands: list[Command] = []
-    current = Command()
-    heredocs: list[tuple[str, bool]] = []
-    i, n = 0, len(text)
-
-    def finish() -> None:
-        nonlocal current
-        while current.words and not current.words[0].redirect and \
-                current.words[0].text in _RESERVED:
-            current.words.pop(0)
-        if current.words:
-            commands.append(current)
-        current = Command()
-
-    while i < n:
-        c = text[i]
-        if c == "\\" and text.startswith("\\\n", i):
-            i += 2
-            continue
-        if c in " \t":
-            i += 1
-            continue
-        if c == "\n":
-            finish()
-            i += 1
-            for delim, strip in heredocs:
-                while i < n:
-                    end = text.find("\n", i)
-                    end = n if end < 0 else end
-                    line = text[i:end]
-                    i = end + 1
-                    if (line.lstrip("\t") if strip else line) == delim:
-                        break
-            heredocs = []
-            continue
-        if c == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        if c in ";&|()":
-            finish()
-            i += 2 if text[i:i + 2] in (";;", "&&", "||") else 1
-            continue
-        # a word, or a redirection (optional fd digits, then < or >)
-        start = i
-        redirect = False
-        j = i
-        while j < n and text[j].isdigit():
-            j += 1
-        if j < n and text[j] in "<>":
-            redirect = True
-            op = re.match(r"<<-?|<&|>&|>>|<>|>\||<|>", text[j:])
-            assert op is not None
-            j += len(op.group(0))
-            here = op.group(0).startswith("<<")
-            while j < n and text[j] in " \t":
-                j += 1
-            target_start = j
-            j = _word_end(text, j)
-            if here:
-                delim = _unquote(text[target_start:j], keep_expansions=True) or ""
-                heredocs.append((delim, op.group(0) == "<<-"))
-            i = j
-        else:
-            i = _word_end(text, i)
-        if i == start:  # a lone character we do not model
-            i += 1
-            continue
-        current.words.append(Word(text[start:i], start, i, _line_of(text, start), redirect))
-    finish()
-    return commands
-
-
-def _word_end(text: str, i: int) -> int:
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t\n;&|()<>":
-            return i
-        if c == "\\":
-            if text.startswith("\\\n", i):
-                return i
-            i += 2
-            continue
-        if c in "'\"`" or text.startswith("$(", i) or text.startswith("${", i):
-            i = _skip_quoted(text, i)
-            continue
-        i += 1
-    return i
-
-
-def _unquote(text: str, keep_expansions: bool = False) -> str | None:
-    """Quote removal; None when the word holds an expansion ($, `)."""
-    out = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "'":
-            j = text.index("'", i + 1)
-            out.append(text[i + 1:j])
-            i = j + 1
-        elif c == '"':
-            j = i + 1
-            while text[j] != '"':
-                if text[j] == "\\" and text[j + 1] in '$`"\\\n':
-                    out.append(text[j + 1])
-                    j += 2
-                    continue
-                if text[j] in "$`" and not keep_expansions:
-                    return None
-                out.append(text[j])
-                j += 1
-            i = j + 1
-        elif c == "\\":
-            out.append(text[i + 1:i + 2])
-            i += 2
-        elif c in "$`" and not keep_expansions:
-            return None
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-# --------------------------------------------------------------------------
-# Resolution of $VARs and program names (static: never runs anything).
-
-def assignments(commands: list[Command]) -> dict[str, str]:
-    """Literal ``NAME=value`` assignments made by the script (a name assigned
-    two different values, or a non-literal value, is left out)."""
-    seen: dict[str, str | None] = {}
-    for cmd in commands:
-        words = cmd.args
-        if words and words[0].text in ("export", "readonly"):
-            words = words[1:]
-        elif not all(_ASSIGN.match(w.text) for w in words):
-            continue  # NAME=value prefixing a command: not a shell variable
-        for w in words:
-            m = _ASSIGN.match(w.text)
-            if not m:
-                continue
-            value = _unquote(m.group(2))
-            name = m.group(1)
-            if name in seen and seen[name] != value:
-                seen[name] = None
-            else:
-                seen[name] = value
-    return {k: v for k, v in seen.items() if v is not None}
-
-
-def resolve(word: Word, env: dict[str, str]) -> str | None:
-    """The word's value if it is a literal or a single $VAR we know."""
-    lit = word.literal
-    if lit is not None:
-        return lit
-    m = _VAR_WORD.match(word.text)
-    if m:
-        name = m.group(1) or m.group(3)
-        if name in env:
-            return env[name]
-        if m.group(2) is not None:
-            return _unquote(m.group(2))
-    return None
-
-
-def _var_name(word: Word) -> str | None:
-    m = _VAR_WORD.match(word.text)
-    return (m.group(1) or m.group(3)) if m else None
-
-
-def program_name(word: Word, env: dict[str, str]) -> str:
-    """Basename of the program a word names ('' when unknown)."""
-    value = resolve(word, env)
-    if value is not None:
-        return os.path.basename(value)
-    name = _var_name(word)
-    return _VAR_PROGRAMS.get(name or "", "")
-
-
-def _getopt(values: list[str | None], start: int, optstring: str) -> tuple[int, list[str]]:
-    """djb sgetopt over ``values[start:]``: (index of the first operand, letters)."""
-    takes = {c for i, c in enumerate(optstring) if i + 1 < len(optstring)
-             and optstring[i + 1] == ":"}
-    letters: list[str] = []
-    i = start
-    while i < len(values):
-        v = values[i]
-        if v is None or not v.startswith("-") or v == "-":
-            break
-        if v == "--":
-            return i + 1, letters
-        k = 1
-        while k < len(v):
-            letter = v[k]
-            letters.append(letter)
-            if letter in takes:
-                if k + 1 == len(v):
-                    i += 1  # the argument is the next word
-                break
-            k += 1
-        i += 1
-    return i, letters
-
-
-# --------------------------------------------------------------------------
 # The core.
 
 def locate(text: str) -> Location:
-    """Find the ``tcpserver ... qmail-smtpd`` command; raises WrapRefused."""
+    """Find the ``tcpserver ... qmail-smtpd`` command.
+
+    Raises WrapRefused when there is no single safe place, ShellSyntaxError
+    when the script cannot be read.
+    """
     commands = shell_commands(text)
     env = assignments(commands)
+    cmd, t = _the_candidate(commands, env)
+    words = cmd.args
+    names = [program_name(w, env) for w in words]
+    if names.count("tcpserver") > 1:
+        raise WrapRefused(f"line {cmd.line}: tcpserver appears twice in one command")
+    prog = _program_index(cmd, t, env)
+    smtpd = names.index("qmail-smtpd")
+    if smtpd < prog:
+        raise WrapRefused(f"line {cmd.line}: qmail-smtpd is not in tcpserver's program")
+    p = names[prog]
+    if p in _SHELLS or p == "eval":
+        raise WrapRefused(f"line {cmd.line}: tcpserver runs a shell ({p}): "
+                          "too complex to edit safely, wrap it by hand")
+    wrapped = any(n == "supervise-smtp" or words[k].text == "supervise_smtp"
+                  for k, n in enumerate(names) if k >= prog)
+    return Location(cmd, t, prog, smtpd, wrapped, env)
+
+
+def _the_candidate(commands: list[Command], env: dict[str, str]) -> tuple[Command, int]:
+    """The one command that runs tcpserver ... qmail-smtpd, and tcpserver's index."""
     candidates: list[tuple[Command, int]] = []
     smtpd_seen: list[Command] = []
     for cmd in commands:
         words = cmd.args
         names = [program_name(w, env) for w in words]
         if "qmail-smtpd" not in names:
-            if words and _first_program(words) in ("echo", "printf", ":"):
+            if words and first_program(words) in ("echo", "printf", ":"):
                 continue
             for w in words:
-                if "qmail-smtpd" in w.text and re.search(r"\s", _unquote(w.text, True) or ""):
+                if "qmail-smtpd" in w.text and re.search(r"\s", unquote(w.text, True) or ""):
                     raise WrapRefused(
                         f"line {w.line}: qmail-smtpd is inside a quoted string "
                         "(sh -c or eval): too complex to edit safely, wrap it by hand")
@@ -444,15 +158,18 @@ def locate(text: str) -> Location:
         lines = ", ".join(str(c.line) for c, _ in candidates)
         raise WrapRefused(f"several tcpserver ... qmail-smtpd commands (lines {lines}): "
                           "wrap the one you mean by hand")
-    cmd, t = candidates[0]
+    return candidates[0]
+
+
+def _program_index(cmd: Command, t: int, env: dict[str, str]) -> int:
+    """Index in ``cmd.args`` of the first word of tcpserver's program.
+
+    tcpserver's options, then host and port.  An unquoted $VAR we know is
+    split like the shell would; one we do not know counts as one word.
+    """
     words = cmd.args
-    names = [program_name(w, env) for w in words]
-    if names.count("tcpserver") > 1:
-        raise WrapRefused(f"line {cmd.line}: tcpserver appears twice in one command")
-    # tcpserver's options, then host and port.  An unquoted $VAR we know is
-    # split like the shell would; one we do not know counts as one word.
     values: list[str | None] = []
-    owner: list[int] = []
+    owner: list[int] = []  # the word each value comes from
     for k in range(t + 1, len(words)):
         w = words[k]
         v = resolve(w, env)
@@ -466,39 +183,20 @@ def locate(text: str) -> Location:
             v = w.text  # -x$CDB: an option with its argument attached
         values.append(v)
         owner.append(k)
-    first, _ = _getopt(values, 0, TCPSERVER_OPTSTRING)
+    first, _ = getopt(values, 0, TCPSERVER_OPTSTRING)
     if first + 2 >= len(values):
         raise WrapRefused(f"line {cmd.line}: cannot find tcpserver's host, port and program")
     host, prog_v = first, first + 2
     if owner[host] == owner[prog_v - 1] or len(set(owner[first:prog_v + 1])) != 3:
         raise WrapRefused(f"line {cmd.line}: tcpserver's host, port or program comes from "
                           "a variable holding several words: wrap it by hand")
-    prog = owner[prog_v]
     host_word = words[owner[host]]
-    if values[host] is None and _var_name(host_word) and \
+    if values[host] is None and var_name(host_word) and \
             _PORTISH.match(values[host + 1] or "") and \
             (values[prog_v] or "") and _PORTISH.match(values[prog_v] or ""):
         raise WrapRefused(f"line {cmd.line}: cannot tell whether {host_word.text} holds "
                           "tcpserver options or the host: wrap it by hand")
-    smtpd = names.index("qmail-smtpd")
-    if smtpd < prog:
-        raise WrapRefused(f"line {cmd.line}: qmail-smtpd is not in tcpserver's program")
-    p = names[prog]
-    if p in _SHELLS or p == "eval":
-        raise WrapRefused(f"line {cmd.line}: tcpserver runs a shell ({p}): "
-                          "too complex to edit safely, wrap it by hand")
-    wrapped = any(n == "supervise-smtp" or words[k].text == "supervise_smtp"
-                  for k, n in enumerate(names) if k >= prog)
-    return Location(cmd, t, prog, smtpd, wrapped, env)
-
-
-def _first_program(words: list[Word]) -> str:
-    """The command's program word, after exec and NAME=value prefixes."""
-    for w in words:
-        if w.text == "exec" or _ASSIGN.match(w.text):
-            continue
-        return w.text
-    return ""
+    return owner[prog_v]
 
 
 def _softlimit_before(loc: Location) -> tuple[int, int, list[str]] | None:
@@ -507,7 +205,7 @@ def _softlimit_before(loc: Location) -> tuple[int, int, list[str]] | None:
     for k in range(loc.tcpserver):
         if loc.name(k) in SOFTLIMITS:
             values = [resolve(w, loc.env) for w in words]
-            end, letters = _getopt(values, k + 1, SOFTLIMIT_OPTSTRING)
+            end, letters = getopt(values, k + 1, SOFTLIMIT_OPTSTRING)
             if end == loc.tcpserver:
                 return k, end, letters
             return None
@@ -515,7 +213,10 @@ def _softlimit_before(loc: Location) -> tuple[int, int, list[str]] | None:
 
 
 def wrap(text: str, wrapper: str = "supervise-smtp", options: tuple[str, ...] = ()) -> Result:
-    """Insert ``wrapper [options] --`` before tcpserver's program; pure."""
+    """Insert ``wrapper [options] --`` before tcpserver's program; pure.
+
+    Raises WrapRefused or ShellSyntaxError (see :func:`locate`).
+    """
     loc = locate(text)
     words = loc.command.args
     warnings: list[str] = []
@@ -540,7 +241,7 @@ def wrap(text: str, wrapper: str = "supervise-smtp", options: tuple[str, ...] = 
     for k in range(loc.tcpserver):
         if loc.name(k) == "chpst":
             values = [resolve(w, loc.env) for w in words]
-            _, letters = _getopt(values, k + 1, CHPST_OPTSTRING)
+            _, letters = getopt(values, k + 1, CHPST_OPTSTRING)
             if "m" in letters:
                 warnings.append(
                     f"line {words[k].line}: chpst -m before tcpserver also limits "
@@ -721,7 +422,7 @@ def main(args: list[str]) -> int:
         raise TempError(f"unable to read {path}: {err.strerror}", err.errno) from err
     try:
         result = wrap(old, wrapper or _default_wrapper(), tuple(opts))
-    except WrapRefused as err:
+    except (WrapRefused, ShellSyntaxError) as err:
         raise UsageError(f"{path}: {err}; nothing changed") from None
     for note in result.warnings:
         sys.stderr.write(f"supervise-smtp wrap-run: warning: {path}: {note}\n")

@@ -144,6 +144,18 @@ def test_checkservice_log_warnings(tmp_path, wrapper_path, log, message):
     assert any(message in w for w in _levels(svc)["warning"])
 
 
+def test_checkservice_shell_syntax_errors(tmp_path, wrapper_path):
+    """A run script the lexer cannot cut is an error, a log/run one a warning, a conf
+    one is skipped (its settings unknown)."""
+    svc = _service(tmp_path, GOOD_RUN.format(wrapper=wrapper_path) + "echo 'oops\n",
+                   log="#!/bin/sh\nexec multilog t \"./main\n")
+    (svc / "conf").write_text("X='unterminated\n")
+    found = _levels(svc)
+    assert "run: cannot find the tcpserver ... qmail-smtpd command: unterminated ' quote " \
+           "at line 5" in found["error"]
+    assert 'log/run: cannot parse: unterminated " quote at line 2' in found["warning"]
+
+
 def test_checkservice_is_read_only(tmp_path, wrapper_path):
     """check-service changes no file and creates none."""
     svc = _service(tmp_path, GOOD_RUN.format(wrapper=wrapper_path))

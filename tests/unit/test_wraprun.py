@@ -19,7 +19,8 @@ import pytest
 
 from supervise_smtp import wraprun
 from supervise_smtp.errors import UsageError
-from supervise_smtp.wraprun import WrapRefused, shell_commands, wrap
+from supervise_smtp.shscript import ShellSyntaxError, shell_commands
+from supervise_smtp.wraprun import WrapRefused, wrap
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "runscripts"
@@ -119,13 +120,19 @@ def test_wraprun_keeps_softlimit_with_other_limits_in_place():
     ("exec tcpserver 0 25 sh /var/qmail/bin/qmail-smtpd\n", "runs a shell"),
     ("exec tcpserver -v 0 /var/qmail/bin/qmail-smtpd\n", "host, port and program"),
     ("exec tcpserver -v 0 25 qmail-smtpd tcpserver\n", "twice"),
-    ("exec tcpserver 0 25 'unterminated qmail-smtpd\n", "unterminated"),
     ("exec tcpserver $OPTS 0 smtp qmail-smtpd\n", "tcpserver options or the host"),
 ])
 def test_wraprun_refuses_unsafe_shapes(text, why):
     """Shapes where an insertion could be wrong are refused with the reason."""
     with pytest.raises(WrapRefused, match=why):
         wrap(text, "W")
+
+
+def test_wraprun_syntax_error_is_not_a_refusal():
+    """A script the lexer cannot cut raises ShellSyntaxError (with its line) from wrap."""
+    with pytest.raises(ShellSyntaxError, match="unterminated ' quote at line 2") as err:
+        wrap("#!/bin/sh\nexec tcpserver 0 25 'unterminated qmail-smtpd\n", "W")
+    assert not isinstance(err.value, WrapRefused) and err.value.line == 2
 
 
 def test_wraprun_lexer_skips_heredocs_comments_and_quotes():
@@ -253,6 +260,16 @@ def test_wraprun_main_refusal_is_usage_error(tmp_path):
     text = (CORPUS / "refuse-eval" / "run").read_text()
     path.write_text(text)
     with pytest.raises(UsageError, match=r"run: line 4: .*eval.*nothing changed"):
+        wraprun.main([str(path), "--yes"])
+    assert path.read_text() == text and os.listdir(tmp_path) == ["run"]
+
+
+def test_wraprun_main_syntax_error_is_usage_error(tmp_path):
+    """wrap-run turns a shell syntax error into its refusal: exit 100, nothing written."""
+    path = tmp_path / "run"
+    text = "#!/bin/sh\nexec tcpserver 0 25 \"$(echo qmail-smtpd)\n"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=r"run: unterminated \" quote at line 2; nothing changed"):
         wraprun.main([str(path), "--yes"])
     assert path.read_text() == text and os.listdir(tmp_path) == ["run"]
 
