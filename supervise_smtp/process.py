@@ -134,8 +134,8 @@ def spawn(argv: list[str]) -> Child:
     try:
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         # Room for more than one relay chunk on the way to the child: fewer
-        # partial sends and buffer copies (raw stream ~1.4 -> ~1.7 GB/s in
-        # bench/suite.py).  Linux doubles it; net.core.wmem_max caps it.
+        # partial sends and buffer copies (figures: docs/performance.md).
+        # Linux doubles it; net.core.wmem_max caps it.
         ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, SOCKET_SNDBUF)
     except OSError as err:
         raise TempError(f"unable to create socketpair: {err.strerror}", err.errno) from err

@@ -23,6 +23,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import errno
 import os
@@ -32,12 +33,9 @@ import time
 
 __all__ = ["Relay", "ClientEnd", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
 
-# One read moves at most 128 KiB.  Measured with bench/suite.py (median of
-# 5, MB/s, raw stream / SMTP DATA with the observer): 64 KiB 1425 / 603,
-# 128 KiB 1405 / 719, 256 KiB 1193 / 847 -- DATA varies by +-25 % between
-# runs of the same code here.  Larger reads mean fewer Python steps per byte
-# for the observer, smaller ones keep the chunk in the CPU cache while it is
-# sent on; 128 KiB keeps both budgets.
+# The most one read moves.  Larger reads mean fewer Python steps per byte for
+# the observer, smaller ones keep the chunk in the CPU cache while it is sent
+# on; this size keeps both budgets (figures: docs/performance.md).
 CHUNK_BYTES = 128 * 1024
 BUFFER_BYTES = 512 * 1024
 FLUSH_SECONDS = 30.0
@@ -47,11 +45,9 @@ _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 _POLLOUT = select.POLLOUT
 _DONTWAIT = _socket.MSG_DONTWAIT
 _NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)
-_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF,
-         errno.ETIMEDOUT, errno.EIO)
 
 
-TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
+TYPE_CHECKING = False  # typing costs start-up; mypy knows this name
 if TYPE_CHECKING:
     from typing import Protocol
 
@@ -208,8 +204,6 @@ class Relay:
         self.s2c = bytearray()
         self.bytes_in = 0  # read from the client
         self.bytes_out = 0  # written to the client
-        self.bytes_to_server = 0
-        self.bytes_from_server = 0
         self.client_eof = False  # client sent EOF (or its read failed)
         self.out_at_client_eof: int | None = None  # bytes_out when that EOF came
         self.server_eof = False  # child closed its output
@@ -312,7 +306,6 @@ class Relay:
             self.server_gone = True
             self.c2s.clear()
             return len(data)
-        self.bytes_to_server += n
         return n
 
     def _flush_c2s(self) -> None:
@@ -342,7 +335,6 @@ class Relay:
             self._show(False, b"")
             self._flush_s2c()
             return
-        self.bytes_from_server += len(data)
         self.last_activity = time.monotonic()
         held = self.timers_on and self.hold_timers()
         self.child_turn = False
@@ -463,7 +455,7 @@ class Relay:
             return
         if self.kill_at is not None:
             if now >= self.kill_at and self.kill_child is not None:
-                self.kill_child(9)  # SIGKILL after the grace period
+                self.kill_child(_signal.SIGKILL)  # the grace period is over
                 self.kill_at = None
             return
         if self.timeout_fired is not None:
@@ -500,7 +492,7 @@ class Relay:
         except OSError:
             pass
         if self.kill_child is not None:
-            self.kill_child(15)
+            self.kill_child(_signal.SIGTERM)
             self.kill_at = now + KILL_GRACE_SECONDS
 
     def run(self) -> None:

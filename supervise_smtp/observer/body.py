@@ -1,16 +1,16 @@
 """The DATA body scanner: counters at C speed, never the content.
 
-A body can be 100 MB in 64 KiB chunks, so every pass is a ``bytes`` method
+A body can be 100 MB in relay-sized chunks, so every pass is a ``bytes`` method
 and the only Python loops run per ~500 bytes (the long-line blocks), per
 line-start dot, per 8 KiB block with 8-bit bytes, or per anomaly -- never
 per byte.  A clean chunk costs one ``splitlines`` (its terminator count and
 removed bytes prove every CR and LF a CRLF pair, and give the line count;
 the parts' lengths bound the lines), memchr skips to line-start dots
 (stuffing and the end marker; a 3-byte ``find`` only past other dots),
-``isascii`` and a NUL ``in``: about 1100 MB/s on the dev box, 650 MB/s for
-prose full of dots (bench/observer_throughput.py).  ``count`` of LFs, the
-exact long-line walk and the smuggling look only run for chunks with an
-anomaly, or when a cheap bound fails.  No ``re``: it costs ~5 ms to import.
+``isascii`` and a NUL ``in`` (throughput: docs/performance.md).  ``count``
+of LFs, the exact long-line walk and the smuggling look only run for chunks
+with an anomaly, or when a cheap bound fails.  No ``re``: its import would
+cost every connection's start-up.
 
 Chunk boundaries: each chunk is scanned as ``carry + data``, where ``carry``
 is the last few bytes already counted (6 bytes: enough to see a CR LF NUL
@@ -41,12 +41,12 @@ _CARRY = 6
 _LF = 10
 _CR = 13
 # 8-bit bytes are counted per block of this size, and only in blocks that
-# have some (the encoder drops them in C: ~3 GB/s, 2x bytes.translate).
+# have some (the encoder drops them in C, faster than bytes.translate).
 _HIGH_BLOCK = 8192
 # Maps ASCII to 0 and 8-bit bytes to 1, to find the first 8-bit byte.
 _HIGH_MAP = bytes(128) + b"\x01" * 128
 # Dots met one by one (memchr) before the look-alike search turns to 2-byte
-# finds, which cost ~10x more per byte but nothing per dot.
+# finds, which cost more per byte but nothing per dot.
 _DOTS_ONE_BY_ONE = 32
 # With an LF in every block of this size, no two LFs are MAX_BODY_LINE + 2
 # bytes apart.
@@ -171,7 +171,7 @@ class BodyScanner:
         if self.dot_mode:
             dots = 0
             # Line-start dots (dot-stuffing, or the end marker).  A 1-byte find
-            # is memchr, ~10x faster than the 3-byte one: skip to the next dot,
+            # is memchr, much faster than the 3-byte one: skip to the next dot,
             # and search "\r\n." only from a dot that is not at a line start.
             find = buf.find
             j = n0 - 2 if n0 > 2 else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -173,7 +174,7 @@ def test_relay_timer_held_until_reply_to_end_of_data(timer):
                              hold=lambda relay: tap.awaiting, **{timer: 0.3})
     assert got == b"250 ok queued\r\n" + TIMEOUT
     assert relay.timeout_fired == {"idle_s": "idle_timeout", "max_s": "max_session"}[timer]
-    assert kills[:1] == [15]
+    assert kills[:1] == [signal.SIGTERM]
 
 
 def test_relay_timer_held_until_reply_is_written_to_client():
