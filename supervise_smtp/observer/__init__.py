@@ -1,7 +1,7 @@
 """Sans-IO SMTP observer: bytes of both directions in, events out.
 
 ``Observer`` follows one SMTP connection as the relay sees it (RFC 5321,
-1870, 2920, 3030, 3207, 4954), hands TLS to ``supervise_smtp.tls`` and keeps
+1870, 2920, 3030, 3207, 4954), hands TLS to ``tls.TLSStream`` and keeps
 only counters of message bodies and never a credential.  Imported once per
 connection, so this package imports nothing beyond its own small modules.
 """

@@ -1,7 +1,9 @@
-"""Pure parsing of SMTP command lines and reply lines (no state).
+"""Pure reading of what a peer sent (no state): command lines, reply lines, TLS.
 
 Kept apart from the state machine so each rule of RFC 5321 / 1870 / 3030 /
-3463 is a small function that can be tested alone.
+3463 is a small function that can be tested alone.  The first byte of a TLS
+record is read here too: the observer and the bare-LF fixer tell SMTP from
+TLS the same way, without loading the TLS record parser.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ __all__ = [
     "LAST_IN_GROUP",
     "NOT_SMTP_LINES",
     "enhanced_code",
-    "param_value",
     "parse_bdat",
     "parse_path",
     "parse_reply_line",
     "split_command",
+    "TLS_ALERT",
+    "TLS_CHANGE_CIPHER_SPEC",
+    "TLS_HANDSHAKE",
+    "TLS_RECORD_TYPES",
+    "opens_tls",
+    "is_tls_record",
 ]
 
 KNOWN_VERBS = frozenset({
@@ -32,6 +39,13 @@ _MAX_VERB = 16
 # all (Postfix's smtpd_hard_error_limit default): the observer and the
 # bare-LF fixer then stop parsing it.
 NOT_SMTP_LINES = 20
+
+# TLS record content types (RFC 8446 5.1) that open a record of a live
+# session: change_cipher_spec, alert, handshake, application_data.
+TLS_CHANGE_CIPHER_SPEC = 0x14
+TLS_ALERT = 0x15
+TLS_HANDSHAKE = 0x16
+TLS_RECORD_TYPES = frozenset((TLS_CHANGE_CIPHER_SPEC, TLS_ALERT, TLS_HANDSHAKE, 0x17))
 
 
 def split_command(line: bytes) -> tuple[str, bytes]:
@@ -77,15 +91,6 @@ def parse_path(args: bytes, keyword: bytes) -> tuple[bytes | None, bytes]:
     return rest[:sp], rest[sp + 1:].strip(b" ")
 
 
-def param_value(params: bytes, name: bytes) -> bytes | None:
-    """Value of ``NAME=value`` among space-separated ESMTP parameters."""
-    for item in params.split(b" "):
-        key, eq, value = item.partition(b"=")
-        if eq and key.upper() == name:
-            return value
-    return None
-
-
 def parse_bdat(args: bytes) -> tuple[int | None, bool]:
     """``1000 LAST`` -> (1000, True); (None, False) when the size is not a number."""
     parts = args.split()
@@ -117,3 +122,17 @@ def enhanced_code(text: bytes) -> str | None:
         if not (1 <= len(part) <= 3 and part.isdigit()):
             return None
     return head.decode("ascii")
+
+
+def opens_tls(data: bytes) -> bool:
+    """A client's first bytes that may be a TLS ClientHello (a handshake record).
+
+    No SMTP command starts with 0x16.  Whether it really is TLS (SMTPS) only
+    the server's answer tells: see ``is_tls_record``.
+    """
+    return data[:1] == b"\x16"
+
+
+def is_tls_record(data: bytes) -> bool:
+    """``data`` starts a TLS record: a server that answers in TLS, not with a reply line."""
+    return bool(data) and data[0] in TLS_RECORD_TYPES

@@ -161,7 +161,7 @@ class _Wait:
 
 
 def _default_tls() -> Any:
-    from supervise_smtp.tls import TLSStream  # only when TLS starts
+    from .tls import TLSStream  # only when TLS starts
 
     return TLSStream()
 

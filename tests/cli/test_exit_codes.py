@@ -321,7 +321,7 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
               if line.startswith(b"import time:")}
     assert "supervise_smtp.observer.protocol" in loaded  # the check itself works
     for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.procfs",
-                 "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.tls",
+                 "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.observer.tls",
                  "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
                  "json", "re", "subprocess", "argparse", "psutil"):
         assert lazy not in loaded, lazy

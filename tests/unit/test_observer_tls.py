@@ -23,7 +23,7 @@ class Marker(Event):
 
 
 class FakeTLS:
-    """Stand-in for supervise_smtp.tls.TLSStream: records and echoes lengths."""
+    """Stand-in for supervise_smtp.observer.tls.TLSStream: records and echoes lengths."""
 
     def __init__(self) -> None:
         self.client = bytearray()
@@ -123,10 +123,10 @@ def test_tls_split_does_not_change_events_or_bytes():
     assert (made1[0].client, made1[0].server) == (made2[0].client, made2[0].server)
 
 
-def test_tls_default_parser_is_supervise_smtp_tls():
+def test_tls_default_parser_is_the_observer_tls_stream():
     """Without a factory, the real TLSStream is loaded lazily and parses the records."""
     obs = Observer()
     events = feed([("C", HELLO), ("S", b"\x15\x03\x03\x00\x02\x02\x28"), ("C", b""),
                    ("S", b"")], obs)
-    assert type(obs._tls).__module__ == "supervise_smtp.tls"
+    assert type(obs._tls).__module__ == "supervise_smtp.observer.tls"
     assert names(events)[0] == "StartTLS"

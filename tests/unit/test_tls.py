@@ -7,16 +7,15 @@ its findings against what OpenSSL itself reports.
 
 from __future__ import annotations
 
-import datetime
-import shutil
 import ssl
-import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervise_smtp.tls import (
+from supervise_smtp.observer.commands import is_tls_record, opens_tls
+from supervise_smtp.observer.tls import (
     MAX_HANDSHAKE_BYTES,
     MAX_RECORD_BYTES,
     NOT_TLS_PREVIEW_BYTES,
@@ -26,11 +25,11 @@ from supervise_smtp.tls import (
     TLSNotTLS,
     TLSServerHello,
     TLSStream,
-    cipher_name,
-    looks_like_tls,
 )
+from supervise_smtp.observer.tls_names import cipher_name
 
 HOSTNAME = "mx.example.org"
+CERT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "tls"
 TLS12 = ssl.TLSVersion.TLSv1_2
 TLS13 = ssl.TLSVersion.TLSv1_3
 
@@ -40,57 +39,15 @@ Transcript = list[tuple[str, bytes]]
 # -- fixtures and builders ---------------------------------------------------
 
 
-def _write_cert_with_cryptography(cert_path, key_path) -> bool:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        return False
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return True
-
-
 @pytest.fixture(scope="module")
-def cert(tmp_path_factory) -> tuple[str, str]:
-    """A self-signed certificate for HOSTNAME: (cert path, key path)."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    if not _write_cert_with_cryptography(cert_path, key_path):
-        if shutil.which("openssl") is None:
-            pytest.skip("neither cryptography nor openssl available")
-        subprocess.run(
-            [
-                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-                "-subj", f"/CN={HOSTNAME}", "-addext", f"subjectAltName=DNS:{HOSTNAME}",
-                "-keyout", str(key_path), "-out", str(cert_path),
-            ],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-    return str(cert_path), str(key_path)
+def cert() -> tuple[str, str]:
+    """A self-signed certificate for HOSTNAME, valid 2000-2100: (cert path, key path).
+
+    Committed rather than made per run: making one takes either the
+    ``cryptography`` package or an ``openssl`` process, and unit tests spawn
+    nothing.  Test-only: the key protects nothing.
+    """
+    return str(CERT_DIR / "cert.pem"), str(CERT_DIR / "key.pem")
 
 
 def _server_context(cert, maximum=None, minimum=None, ciphers=None, curve=None):
@@ -585,14 +542,16 @@ def test_tls_framing_lost_mid_stream_is_not_tls(header):
     assert int.from_bytes(b"\xff\xff", "big") > MAX_RECORD_BYTES
 
 
-def test_tls_looks_like_tls_tells_smtps_from_smtp(tls13):
-    """The first client bytes decide SMTPS versus plain SMTP, or wait for more."""
-    first = tls13.transcript[0][1]
-    assert looks_like_tls(first) is True
-    assert looks_like_tls(first[:1]) is None
-    assert looks_like_tls(b"") is None
-    assert looks_like_tls(b"EHLO x\r\n") is False
-    assert looks_like_tls(b"\x16\x04") is False
+def test_tls_sniff_tells_tls_from_smtp(tls12, tls13):
+    """OpenSSL's first bytes each way open TLS for the observer's sniff; SMTP lines do not."""
+    for session in (tls12, tls13):
+        sides = {}
+        for direction, data in session.transcript:
+            sides.setdefault(direction, data)
+        assert opens_tls(sides["client"]) and is_tls_record(sides["client"])
+        assert is_tls_record(sides["server"])
+    for smtp in (b"EHLO x\r\n", b"220 mx ESMTP\r\n", b"", b"\x18\x03\x03"):
+        assert not opens_tls(smtp) and not is_tls_record(smtp)
 
 
 # -- properties --------------------------------------------------------------

@@ -21,7 +21,9 @@ raises on peer input: splitting the same bytes anywhere gives the same events.
 
 from __future__ import annotations
 
-from supervise_smtp.observer.events import Event
+from .commands import TLS_ALERT, TLS_CHANGE_CIPHER_SPEC, TLS_HANDSHAKE
+from .events import Event
+from .tls_names import alert_name, cipher_name, level_name, version_name
 
 __all__ = [
     "MAX_HANDSHAKE_BYTES",
@@ -33,10 +35,6 @@ __all__ = [
     "TLSNotTLS",
     "TLSServerHello",
     "TLSStream",
-    "alert_name",
-    "cipher_name",
-    "looks_like_tls",
-    "version_name",
 ]
 
 # RFC 5246 6.2.3: a TLSCiphertext fragment is at most 2^14 + 2048 bytes.  A
@@ -49,9 +47,6 @@ MAX_HANDSHAKE_BYTES = 65536
 # "GET / HTTP" rather than just a byte count.
 NOT_TLS_PREVIEW_BYTES = 16
 
-_CHANGE_CIPHER_SPEC = 20
-_ALERT = 21
-_HANDSHAKE = 22
 _CLIENT_HELLO = 1
 _SERVER_HELLO = 2
 _EXT_SERVER_NAME = 0
@@ -67,127 +62,6 @@ _HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079
 _SKIP = 0
 _TO_HANDSHAKE = 1
 _TO_ALERT = 2
-
-_VERSIONS = {
-    0x0300: "SSLv3",
-    0x0301: "TLSv1",
-    0x0302: "TLSv1.1",
-    0x0303: "TLSv1.2",
-    0x0304: "TLSv1.3",
-}
-
-# Names as OpenSSL (and so Python's SSLSocket.cipher()) reports them.
-_CIPHERS = {
-    0x1301: "TLS_AES_128_GCM_SHA256",
-    0x1302: "TLS_AES_256_GCM_SHA384",
-    0x1303: "TLS_CHACHA20_POLY1305_SHA256",
-    0x1304: "TLS_AES_128_CCM_SHA256",
-    0x1305: "TLS_AES_128_CCM_8_SHA256",
-    0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
-    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
-    0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
-    0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
-    0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305",
-    0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
-    0xCCAA: "DHE-RSA-CHACHA20-POLY1305",
-    0x009E: "DHE-RSA-AES128-GCM-SHA256",
-    0x009F: "DHE-RSA-AES256-GCM-SHA384",
-    0xC023: "ECDHE-ECDSA-AES128-SHA256",
-    0xC024: "ECDHE-ECDSA-AES256-SHA384",
-    0xC027: "ECDHE-RSA-AES128-SHA256",
-    0xC028: "ECDHE-RSA-AES256-SHA384",
-    0xC009: "ECDHE-ECDSA-AES128-SHA",
-    0xC00A: "ECDHE-ECDSA-AES256-SHA",
-    0xC013: "ECDHE-RSA-AES128-SHA",
-    0xC014: "ECDHE-RSA-AES256-SHA",
-    0x0033: "DHE-RSA-AES128-SHA",
-    0x0039: "DHE-RSA-AES256-SHA",
-    0x0067: "DHE-RSA-AES128-SHA256",
-    0x006B: "DHE-RSA-AES256-SHA256",
-    0x009C: "AES128-GCM-SHA256",
-    0x009D: "AES256-GCM-SHA384",
-    0x002F: "AES128-SHA",
-    0x0035: "AES256-SHA",
-    0x003C: "AES128-SHA256",
-    0x003D: "AES256-SHA256",
-    0x000A: "DES-CBC3-SHA",
-    0xC012: "ECDHE-RSA-DES-CBC3-SHA",
-    0x0005: "RC4-SHA",
-    0x0004: "RC4-MD5",
-}
-
-_LEVELS = {1: "warning", 2: "fatal"}
-
-# RFC 8446 6 and the TLS Alert registry, including descriptions retired
-# since TLS 1.0 that old MTAs still send.
-_ALERTS = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    21: "decryption_failed",
-    22: "record_overflow",
-    30: "decompression_failure",
-    40: "handshake_failure",
-    41: "no_certificate",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    60: "export_restriction",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    100: "no_renegotiation",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    111: "certificate_unobtainable",
-    112: "unrecognized_name",
-    113: "bad_certificate_status_response",
-    114: "bad_certificate_hash_value",
-    115: "unknown_psk_identity",
-    116: "certificate_required",
-    120: "no_application_protocol",
-    121: "ech_required",
-}
-
-
-def version_name(version: int) -> str:
-    """Spell a wire version the way ``SSLSocket.version()`` does, so logs match."""
-    return _VERSIONS.get(version) or f"0x{version:04X}"
-
-
-def cipher_name(cipher_id: int) -> str:
-    """Name a suite as OpenSSL does; unknown ones stay greppable as hex."""
-    return _CIPHERS.get(cipher_id) or f"0x{cipher_id:04X}"
-
-
-def alert_name(code: int) -> str:
-    """Name an alert description; unknown codes keep their number in the name."""
-    return _ALERTS.get(code) or f"unknown_{code}"
-
-
-def looks_like_tls(data: bytes) -> bool | None:
-    """Tell SMTPS from plain SMTP on the first client bytes; None until decidable.
-
-    A TLS connection opens with a handshake record (0x16 0x03); an SMTP
-    client waits for the banner and then sends ASCII.
-    """
-    if not data:
-        return None
-    if data[0] != _HANDSHAKE:
-        return False
-    if len(data) < 2:
-        return None
-    return data[1] == 3
-
 
 class TLSClientHello(Event):
     """What the client offered: the server's answer is judged against it."""
@@ -408,9 +282,9 @@ class TLSStream:
         return self._tls13 or not d.ccs
 
     def _start_record(self, d: _Direction, rtype: int, length: int, out: list[Event]) -> int:
-        if rtype == _HANDSHAKE:
+        if rtype == TLS_HANDSHAKE:
             return _TO_HANDSHAKE if self._plaintext(d) else _SKIP
-        if rtype == _ALERT:
+        if rtype == TLS_ALERT:
             # Two bytes cannot be ciphertext (every cipher adds a MAC or tag):
             # this catches a TLS 1.3 client that sent its decoy ChangeCipherSpec
             # before we saw the ServerHello.
@@ -419,7 +293,7 @@ class TLSStream:
                 return _TO_ALERT
             self._emit_alert(d, None, None, None, True, out)
             return _SKIP
-        if rtype == _CHANGE_CIPHER_SPEC:
+        if rtype == TLS_CHANGE_CIPHER_SPEC:
             d.ccs = True
         return _SKIP
 
@@ -435,9 +309,7 @@ class TLSStream:
             d.mode = _SKIP
             level, code = buf[0], buf[1]
             buf.clear()
-            self._emit_alert(
-                d, _LEVELS.get(level) or f"unknown_{level}", alert_name(code), code, False, out
-            )
+            self._emit_alert(d, level_name(level), alert_name(code), code, False, out)
 
     def _emit_alert(
         self,
