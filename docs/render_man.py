@@ -7,17 +7,26 @@ items (a term line followed by ``:   description``), indented code blocks
 and pipe tables (rendered as .TP lists, so no tbl preprocessor is needed).
 The pandoc ``%`` title line is ignored; the .TH line is built here.
 
-Run ``python docs/render_man.py`` after editing the markdown and commit both
-files; tests/unit/test_manpage.py fails when they differ.
+The OPTIONS section is not written by hand: it is rendered from the option
+table, ``supervise_smtp.options.OPTIONS``, into the markdown first.
+
+Run ``python docs/render_man.py`` after editing the markdown or the option
+table and commit both files; tests/unit/test_manpage.py fails when the page
+differs from the markdown, tests/cli/test_options.py when the markdown's
+OPTIONS differ from the table.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent))
+from supervise_smtp.options import OPTIONS  # noqa: E402
+
 SOURCE = DOCS / "supervise-smtp.8.md"
 TARGET = DOCS / "supervise-smtp.8"
 INIT = DOCS.parent / "supervise_smtp" / "__init__.py"
@@ -127,6 +136,41 @@ def _table(lines: list[str]) -> list[str]:
     return out
 
 
+def _wrap(text: str, first: str, rest: str, width: int = 78) -> list[str]:
+    """Fill ``text`` to ``width``, never breaking inside a code span (lines are rendered alone)."""
+    parts = text.split("`")
+    held = "`".join(p.replace(" ", "\0") if i % 2 else p for i, p in enumerate(parts))
+    lines = textwrap.wrap(held, width, initial_indent=first, subsequent_indent=rest,
+                          break_long_words=False, break_on_hyphens=False)
+    return [line.replace("\0", " ") for line in lines]
+
+
+def options_markdown() -> str:
+    """The body of the OPTIONS section, one definition item per row of the option table.
+
+    The term is each spelling in bold and the metavar, its UPPERCASE parts
+    (placeholders) in italics; "Needs ..." ends the text when the row needs others.
+    """
+    items = []
+    for spellings, metavar, _, _, _, needs, _, text in OPTIONS:
+        term = ", ".join(f"**{name}**" for name in spellings.split(", "))
+        if metavar:
+            term += " " + "|".join(f"*{p}*" if p.upper() == p else p
+                                   for p in metavar.split("|"))
+        if needs:
+            text += "  Needs " + " and ".join(f"**{name}**" for name in needs) + "."
+        items.append("\n".join([term, *_wrap(text, ":   ", "    ")]))
+    return "\n\n".join(items) + "\n"
+
+
+def with_options(markdown: str) -> str:
+    """``markdown`` with its OPTIONS section (up to the next heading) rendered from the table."""
+    match = re.search(r"^# OPTIONS\n\n(.*?)\n(?=# )", markdown, re.M | re.S)
+    if not match:
+        raise SystemExit(f"no # OPTIONS section in {SOURCE}")
+    return markdown[:match.start(1)] + options_markdown() + markdown[match.end(1):]
+
+
 def render(markdown: str, ver: str) -> str:
     """The troff man page for the markdown source, as a string."""
     out = [
@@ -159,10 +203,12 @@ def render(markdown: str, ver: str) -> str:
 
 
 def main() -> int:
-    """Write docs/supervise-smtp.8 from the markdown source."""
-    text = render(SOURCE.read_text(encoding="utf-8"), version())
+    """Render the markdown's OPTIONS from the table, then docs/supervise-smtp.8 from it."""
+    markdown = with_options(SOURCE.read_text(encoding="utf-8"))
+    SOURCE.write_text(markdown, encoding="utf-8")
+    text = render(markdown, version())
     TARGET.write_text(text, encoding="utf-8")
-    print(f"wrote {TARGET}")
+    print(f"wrote {SOURCE} and {TARGET}")
     return 0
 
 

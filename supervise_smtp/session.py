@@ -13,6 +13,7 @@ import os
 import time
 
 from supervise_smtp.errors import TempError
+from supervise_smtp.options import Options
 from supervise_smtp.process import Child, ExitStatus, reap, signal_name, spawn
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
@@ -31,42 +32,6 @@ FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SI
 MAX_STDERR_TAG_BYTES = 1024  # keeps an event line under PIPE_BUF
 MAX_STDERR_PASS_BYTES = 65536
 LOG_DRAIN_SECONDS = 1.0  # at the end, how long the event lines may wait for fd 2
-
-
-class Options:
-    """Per-connection settings, parsed by cli."""
-
-    __slots__ = ("stderr_mode", "format", "linger_s", "events", "alert_exec", "alert_on",
-                 "alert_rate", "state_dir", "idle_timeout_s", "max_session_s", "subreaper",
-                 "bare_lf", "capture", "capture_when", "capture_remote", "capture_max_bytes",
-                 "capture_body")
-
-    def __init__(self, stderr_mode: str = "tag", format: str = "logfmt",
-                 linger_s: float = 1.0, events: str = "anomalies",
-                 alert_exec: str | None = None, alert_on: str | None = None,
-                 alert_rate: str | None = None, state_dir: str | None = None,
-                 idle_timeout_s: float = 0.0, max_session_s: float = 0.0,
-                 subreaper: bool = False, bare_lf: str = "observe",
-                 capture: str | None = None, capture_when: str = "always",
-                 capture_remote: str | None = None, capture_max_bytes: int = 1 << 20,
-                 capture_body: str = "none") -> None:
-        self.stderr_mode = stderr_mode
-        self.format = format
-        self.linger_s = linger_s
-        self.events = events  # anomalies | all | none: observer events logged
-        self.alert_exec = alert_exec
-        self.alert_on = alert_on
-        self.alert_rate = alert_rate
-        self.state_dir = state_dir
-        self.idle_timeout_s = idle_timeout_s  # 0: off
-        self.max_session_s = max_session_s  # 0: off
-        self.subreaper = subreaper  # opt-in: reap the queue program ourselves
-        self.bare_lf = bare_lf  # observe | fix
-        self.capture = capture  # directory for transcripts, or None
-        self.capture_when = capture_when  # "always" or a comma list of verdicts
-        self.capture_remote = capture_remote  # comma list of networks, or None
-        self.capture_max_bytes = capture_max_bytes
-        self.capture_body = capture_body  # none | headers | full
 
 
 def _connect_fields(env: os._Environ[str], child: Child) -> dict[str, object]:
