@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     except TempError as err:
         _say(2, f"supervise-smtp: fatal: {err}\n")
         os._exit(EXIT_TEMP)
+    if status.lost:  # never an invented exit 0: tcpserver sees a temporary failure
+        os._exit(EXIT_TEMP)
     if status.signal is not None:
         from supervise_smtp.process import die_like
 

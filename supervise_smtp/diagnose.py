@@ -14,6 +14,8 @@ summary as fields (queued, reply_delivered, last_reply, notes...).
 from __future__ import annotations
 
 from supervise_smtp.observer.commands import NOT_SMTP_LINES
+from supervise_smtp.observer.state import STAGE_QUIT
+from supervise_smtp.observer.state import STAGES as OBSERVER_STAGES
 from supervise_smtp.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
@@ -22,8 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VERDICTS", "STAGES", "Facts", "diagnose", "client_lost"]
 
-STAGES = ("connect", "banner", "ehlo", "mail", "rcpt", "data", "data_body", "data_end",
-          "bdat", "starttls", "tls", "auth")
+STAGES = tuple(s for s in OBSERVER_STAGES if s != STAGE_QUIT)  # after QUIT, not lost
 
 
 def client_lost(stage: str) -> str:
@@ -45,8 +46,8 @@ class Facts:
 
     __slots__ = (
         "state", "wrapper_error", "exit_code", "signal", "signal_name", "core", "first_close",
-        "client_gone", "client_stage", "end_replies", "reply_after_client_eof",
-        "tls_version", "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
+        "client_gone", "client_stage", "end_replies", "exit_lost", "tls_version",
+        "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
         "stopped_by", "reply_acked",
@@ -62,7 +63,7 @@ class Facts:
     client_gone: bool  # a write to the client failed
     client_stage: str | None  # observer stage when the client closed
     end_replies: list[tuple[int, bytes]]  # replies to end of data / BDAT LAST
-    reply_after_client_eof: bool
+    exit_lost: bool  # the child's exit status could not be read (someone else reaped it)
     tls_version: str | None
     tls_cipher: str | None
     tls_alert: tuple[str, str, str] | None  # level, description, direction
@@ -90,13 +91,38 @@ class Facts:
         for key in ("end_replies", "refusals", "queue_notes", "notes"):
             if getattr(self, key) is None:
                 setattr(self, key, [])
-        for key in ("core", "client_gone", "reply_after_client_eof", "tls_started",
+        for key in ("core", "client_gone", "exit_lost", "tls_started",
                     "tls_hello_done", "queue_outlived"):
             if getattr(self, key) is None:
                 setattr(self, key, False)
         for key in ("bytes_in", "bytes_out"):
             if getattr(self, key) is None:
                 setattr(self, key, 0)
+
+    def note(self, ev: Any) -> None:
+        """Keep, from one observer event, what the verdict needs beyond the observer's state.
+
+        Fed every event as it happens (the session's tap), so that the facts
+        hold the replies to the end of data and the first fatal TLS alert even
+        when the observer is later dropped.
+        """
+        name = ev.NAME
+        if name == "reply":
+            if ev.command in ("DATA_END", "BDAT_LAST"):
+                self.end_replies.append((ev.code, ev.text or b""))
+            elif ev.code >= 400 and ev.command is not None:
+                self.refusals.append((ev.code, ev.text or b""))
+                del self.refusals[:-5]
+        elif name == "peer_closed":
+            if ev.peer == "client" and self.client_stage is None:
+                self.client_stage = ev.stage
+        elif name == "starttls":
+            self.tls_started = True
+        elif name == "tls_server_hello":
+            self.tls_version, self.tls_cipher, self.tls_hello_done = ev.version, ev.cipher, True
+        elif name == "tls_alert":
+            if self.tls_alert is None and ev.level == "fatal":
+                self.tls_alert = (ev.level, ev.description, ev.direction)
 
 
 def _reply_text(code: int | None, text: bytes | None) -> bytes | None:
@@ -132,6 +158,9 @@ def _decide(f: Facts) -> tuple[str, str]:
     st = f.state
     if f.wrapper_error:
         return "wrapper_error", str(f.wrapper_error)
+    if f.exit_lost:
+        return "wrapper_error", ("the child's exit status was lost (reaped by someone else, "
+                                 "or SIGCHLD ignored)")
     if st is None:
         return "wrapper_error", "the SMTP conversation was not observed"
     stopped = _stopped(f)

@@ -19,8 +19,9 @@ import os
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["Child", "ExitStatus", "standard_fds", "original_environ", "spawn", "reap",
-           "signal_name", "die_like", "become_subreaper", "reap_pid"]
+__all__ = ["Child", "ExitStatus", "FORWARDED_SIGNALS", "STOP_SIGNALS", "become_subreaper",
+           "default_sigchld", "die_like", "forward_signals", "original_environ", "reap",
+           "reap_pid", "signal_name", "spawn", "standard_fds"]
 
 # Python ignores these at start-up and an ignored disposition survives exec:
 # qmail-smtpd must get them back at their defaults, as under plain tcpserver.
@@ -29,9 +30,13 @@ SOCKET_SNDBUF = 256 * 1024
 
 
 class Child:
-    """A running child: its pid, our end of the socketpair, its stderr pipe."""
+    """A running child: its pid, our end of the socketpair, its stderr pipe.
 
-    __slots__ = ("pid", "sock", "err_fd", "pidfd", "argv")
+    ``status`` is set once it is reaped; from then on its pid may belong to
+    another process, so nothing is ever sent to it again.
+    """
+
+    __slots__ = ("pid", "sock", "err_fd", "pidfd", "argv", "status")
 
     def __init__(self, pid: int, sock: _socket.socket, err_fd: int, pidfd: int | None,
                  argv: list[str]) -> None:
@@ -40,14 +45,62 @@ class Child:
         self.err_fd = err_fd
         self.pidfd = pidfd
         self.argv = argv
+        self.status: ExitStatus | None = None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (forwarded, or a wrapper timeout's); never once reaped."""
+        if self.status is None:
+            try:
+                os.kill(self.pid, signum)
+            except OSError:
+                pass
+
+    def exited(self) -> bool:
+        """Reap it if it has ended (never blocks); True once it has."""
+        if self.status is None:
+            self.status = reap(self, block=False)
+        return self.status is not None
+
+
+# An operator's orders (svc -d on a process group, a reload, shutdown): passed
+# on to the child, and remembered for the verdict ``stopped``.  ALRM is
+# passed on too, but it is no order to stop.
+STOP_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT)
+FORWARDED_SIGNALS = (*STOP_SIGNALS, _signal.SIGALRM)
+
+
+def forward_signals(child: Child) -> list[int]:
+    """Pass TERM, HUP, INT and ALRM on to the child; returns the stop signals received."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if signum in STOP_SIGNALS and child.status is None and signum not in received:
+            received.append(signum)
+        child.signal(signum)
+
+    for sig in FORWARDED_SIGNALS:
+        _signal.signal(sig, forward)
+    return received
 
 
 class ExitStatus:
-    """How the child ended, with its resource usage."""
+    """How the child ended, with its resource usage.
 
-    __slots__ = ("code", "signal", "core", "user_s", "sys_s", "maxrss_kb", "wstatus")
+    ``lost``: the status could not be read (someone else reaped the child);
+    then ``code`` and ``signal`` are both None -- never an invented exit 0.
+    """
+
+    __slots__ = ("code", "signal", "core", "user_s", "sys_s", "maxrss_kb", "wstatus", "lost")
+
+    @classmethod
+    def unknown(cls) -> ExitStatus:
+        status = cls(0, None)
+        status.code = None
+        status.lost = True
+        return status
 
     def __init__(self, wstatus: int, rusage: object | None) -> None:
+        self.lost = False
         self.wstatus = wstatus
         if os.WIFSIGNALED(wstatus):
             self.code: int | None = None
@@ -124,6 +177,12 @@ def original_environ() -> dict[bytes, bytes] | os._Environ[bytes]:
     return env
 
 
+def default_sigchld() -> None:
+    """SIGCHLD back to its default: an inherited SIG_IGN makes the kernel reap our
+    child itself, and its exit status -- the whole point -- would be lost."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
 def spawn(argv: list[str]) -> Child:
     """Start argv with a socketpair end on fds 0/1 and a pipe on fd 2.
 
@@ -177,7 +236,7 @@ def reap(child: Child, block: bool = True) -> ExitStatus | None:
         try:
             pid, wstatus, rusage = os.wait4(child.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
-            return ExitStatus(0, None)  # someone else reaped it; nothing to tell
+            return ExitStatus.unknown()  # someone else reaped it: we cannot know how it ended
         if pid == 0:
             return None
         if os.WIFEXITED(wstatus) or os.WIFSIGNALED(wstatus):

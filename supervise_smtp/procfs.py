@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["children", "start_ticks", "alive"]
+__all__ = ["QueueWatch", "alive", "children", "start_ticks"]
 
 
 def _read(path: str) -> bytes | None:
@@ -60,3 +60,35 @@ def alive(pid: int, ticks: int | None) -> bool:
     if not rest or rest[0] in (b"Z", b"X"):
         return False
     return ticks is None or (len(rest) > 19 and rest[19] == str(ticks).encode())
+
+
+class QueueWatch:
+    """The queue program qmail-smtpd forks at DATA, watched from outside.
+
+    ``at_data_start`` notes it (pid and start time: the pid may be reused),
+    ``at_child_exit`` whether it outlived qmail-smtpd -- qmail-scanner then
+    writes its "parent process died".  Only /proc is read; nothing is ever
+    signalled or reaped here (see process.reap_pid for --subreaper).
+    """
+
+    __slots__ = ("child_pid", "seen", "outlived")
+
+    def __init__(self, child_pid: int) -> None:
+        self.child_pid = child_pid
+        self.seen: list[tuple[int, int | None]] = []  # (pid, start ticks), the last few
+        self.outlived: bool | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The last message's queue program, if one was seen."""
+        return self.seen[-1][0] if self.seen else None
+
+    def at_data_start(self) -> None:
+        for pid in children(self.child_pid):
+            self.seen.append((pid, start_ticks(pid)))
+            del self.seen[:-4]
+            return
+
+    def at_child_exit(self) -> None:
+        if self.seen and self.outlived is None:
+            self.outlived = alive(*self.seen[-1])

@@ -8,7 +8,11 @@ qmail-scanner prefixes ``X-Qmail-Scanner-<version>:``, simscan ``simscan:``.
 
 from __future__ import annotations
 
-__all__ = ["classify", "parent_died_pid"]
+TYPE_CHECKING = False  # typing costs start-up time; mypy knows this name
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["StderrWatch", "classify", "parent_died_pid"]
 
 
 def classify(line: bytes) -> str:
@@ -43,3 +47,52 @@ def parent_died_pid(line: bytes) -> int | None:
         return 0
     digits = line[at + len(_PROCESS):].split(b" ", 1)[0].rstrip(b",")
     return int(digits) if digits.isdigit() and len(digits) < 12 else 0
+
+
+class StderrWatch:
+    """The child's stderr: bounded lines, each classified, logged or passed on.
+
+    qmail-smtpd's descendants share this pipe; what they say ends up in the
+    facts (qmail-scanner's parent-death line, which queue programs spoke).
+    ``emit`` writes a tagged event, ``write_raw`` a line as it came (``--stderr
+    pass``).  The splitter is made at the first bytes: most sessions never
+    write to stderr at all.
+    """
+
+    __slots__ = ("facts", "emit", "write_raw", "child_pid", "passthrough", "_splitter")
+
+    TAG_BYTES = 1024  # keeps an event line under PIPE_BUF
+    PASS_BYTES = 65536
+
+    def __init__(self, facts: object, emit: object, write_raw: object, child_pid: int,
+                 passthrough: bool) -> None:
+        self.facts: Any = facts
+        self.emit: Any = emit
+        self.write_raw: Any = write_raw
+        self.child_pid = child_pid
+        self.passthrough = passthrough
+        self._splitter: Any = None
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the pipe; b"" at its end (flushes a last unterminated line)."""
+        if self._splitter is None:
+            if not data:
+                return
+            from supervise_smtp.lines import LineSplitter
+
+            self._splitter = LineSplitter(
+                self.PASS_BYTES if self.passthrough else self.TAG_BYTES, split=self.passthrough)
+        facts = self.facts
+        for line, total, truncated in self._splitter.feed(data):
+            source = classify(line)
+            if source == "qmail-scanner":
+                died = parent_died_pid(line)
+                if died is not None:
+                    facts.scanner_died_pid = died
+            elif source != "child" and source not in facts.queue_notes:
+                facts.queue_notes.append(source)
+            if self.passthrough:
+                self.write_raw(line + b"\n")
+            else:
+                self.emit("child_stderr", child_pid=self.child_pid, source=source, text=line,
+                          line_bytes=total, truncated=True if truncated else None)

@@ -8,7 +8,6 @@ from supervise_smtp.diagnose import VERDICTS, Facts, client_lost, diagnose
 from supervise_smtp.observer import Observer
 from supervise_smtp.qmail import QQ_TEXTS, qq_meaning, queue_pid
 from supervise_smtp.scanner import parent_died_pid
-from supervise_smtp.session import ObserverTap
 
 BANNER = [("S", b"220 mx.example.org ESMTP\r\n")]
 HELO = [("C", b"HELO c.example\r\n"), ("S", b"250 mx.example.org\r\n")]
@@ -21,15 +20,16 @@ SMTPLF = b"451 See http://pobox.com/~djb/docs/smtplf.html.\r\n"
 
 
 def judge(steps, exit_code=1, first_close=None, **facts):
-    """Play ``steps`` through the observer tap, then decide."""
+    """Play ``steps`` through the observer, every event noted in the facts, then decide."""
     f = Facts(**facts)
-    tap = ObserverTap(Observer(), lambda *a, **k: None, frozenset(), f)
+    observer = Observer()
     closed = None
     for side, data in steps:
-        (tap.client_data if side == "C" else tap.server_data)(data)
+        for ev in (observer.feed_client if side == "C" else observer.feed_server)(data):
+            f.note(ev)
         if data == b"" and closed is None:
             closed = "client" if side == "C" else "server"
-    f.state = tap.observer.state
+    f.state = observer.state
     if "bytes_out" not in facts:  # the relay wrote every server byte to the client
         f.bytes_out = f.state.server_bytes
     f.exit_code = exit_code
@@ -339,7 +339,7 @@ def test_diagnose_stopped_is_a_verdict_not_alerted_by_default():
     assert "stopped" not in DEFAULT_ON
     assert parse_verdicts("stopped,server_crashed") == {"stopped", "server_crashed"}
     opts, _ = parse(["--capture", "/tmp", "--capture-when", "stopped", "qmail-smtpd"])
-    assert opts["capture-when"] == "stopped"
+    assert opts.capture_when == {"stopped"}
 
 
 def test_diagnose_reply_written_but_reset_is_not_delivered():
@@ -349,3 +349,11 @@ def test_diagnose_reply_written_but_reset_is_not_delivered():
     for acked, want in ((False, "no"), (True, "yes"), (None, "yes")):
         _, fields = judge(steps, reply_acked=acked)
         assert fields["reply_delivered"] == want
+
+
+def test_diagnose_lost_exit_status_is_a_wrapper_error():
+    """An exit status nobody could read is never reported as success."""
+    verdict, fields = judge(BANNER + HELO + QUIT, exit_code=None, exit_lost=True)
+    assert verdict == "wrapper_error"
+    assert "exit status was lost" in fields["reason"]
+
