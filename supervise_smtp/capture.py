@@ -33,6 +33,7 @@ from .output import escape, render
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # re, tempfile, typing: ~15 ms of start-up, per connection
     from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["BODY_MODES", "SPILL_BYTES", "TRUNCATED", "Capture", "filename_safe", "timestamp"]
 
@@ -125,67 +126,72 @@ class Capture:
 
     def format(self, ev: object) -> list[str]:
         """The transcript texts (unescaped parts already escaped) for one event."""
-        name = getattr(ev, "NAME", type(ev).__name__)
-        get = getattr
-        if name == "command":
-            verb = get(ev, "verb", None) or "UNKNOWN"
-            args = get(ev, "args", None) or b""
-            if verb == "AUTH":
-                self._auth = True
-                return [" ".join(t for t in ("AUTH", escape(args), AUTH_REDACTED) if t)]
-            self._auth = False
-            cut = " [line cut]" if get(ev, "truncated", False) else ""
-            if verb == "UNKNOWN":
-                return [escape(args) + cut]
-            return [(f"{verb} {escape(args)}" if args else verb) + cut]
-        if name in ("reply", "banner"):
-            code = get(ev, "code", None)
-            text = get(ev, "text", None) or b""
-            if self._auth and code == 334:
-                return [f"{code} {AUTH_REDACTED}"]
-            if name == "reply" and get(ev, "command", None) != "AUTH":
-                self._auth = False
-            parts = text.split(b"\n") if isinstance(text, bytes) else [text]
-            out = []
-            for i, part in enumerate(parts):
-                mark = " " if i == len(parts) - 1 else "-"
-                out.append(f"{code}{mark}{escape(part)}".rstrip())
-            if get(ev, "truncated", False):
-                out[-1] += " [line cut]"
-            return out
-        if name == "auth_result":
-            self._auth = False
-            fields = {"mechanism": get(ev, "mechanism", None),
-                      "result": get(ev, "result", None), "user": get(ev, "user", None),
-                      "code": get(ev, "code", None)}
-            return [f"{AUTH_REDACTED} {_pairs(fields)}"]
-        if name in ("data_start", "reject"):
-            return []  # a reject line repeats a reply the transcript has
-        if name == "data_end":
-            summary = [f"body: {get(ev, 'size', None)} bytes", f"{get(ev, 'lines', None)} lines"]
-            for key in _BODY_KEYS:
-                value = get(ev, key, None)
-                if value is not None:
-                    summary.append(f"{_BODY_NAMES.get(key, key)}={_value(value)}")
-            return ["[" + ", ".join(summary) + "]"]
-        if name == "tls_client_hello":
-            fields = {"sni": get(ev, "sni", None), "versions": get(ev, "versions", None),
-                      "alpn": get(ev, "alpn", None), "ciphers": get(ev, "cipher_count", None)}
-            return [f"[tls client_hello {_pairs(fields)}]"]
-        if name == "tls_server_hello":
-            fields = {"version": get(ev, "version", None), "cipher": get(ev, "cipher", None),
-                      "hello_retry": get(ev, "hello_retry", None) or None}
-            return [f"[tls server_hello {_pairs(fields)}]"]
-        if name == "tls_alert":
-            if get(ev, "encrypted", False):
-                return ["[tls alert encrypted]"]
-            level = _value(get(ev, "level", None) or "unknown")
-            desc = _value(get(ev, "description", None) or get(ev, "code", None) or "unknown")
-            return [f"[tls alert {level} {desc}]"]
+        handler = _formats().get(type(ev))
+        if handler is not None:
+            return handler(self, ev)
+        name = escape(str(getattr(ev, "NAME", type(ev).__name__)))
         fields_fn = getattr(ev, "fields", None)
-        fields = fields_fn() if callable(fields_fn) else {}
-        pairs = _pairs(fields)
-        return [f"[{escape(str(name))} {pairs}]" if pairs else f"[{escape(str(name))}]"]
+        pairs = _pairs(fields_fn() if callable(fields_fn) else {})
+        return [f"[{name} {pairs}]" if pairs else f"[{name}]"]
+
+    def _command(self, ev: Any) -> list[str]:
+        verb = ev.verb or "UNKNOWN"
+        args = ev.args or b""
+        if verb == "AUTH":
+            self._auth = True
+            return [" ".join(t for t in ("AUTH", escape(args), AUTH_REDACTED) if t)]
+        self._auth = False
+        cut = " [line cut]" if ev.truncated else ""
+        if verb == "UNKNOWN":
+            return [escape(args) + cut]
+        return [(f"{verb} {escape(args)}" if args else verb) + cut]
+
+    def _reply(self, ev: Any) -> list[str]:
+        code, text = ev.code, ev.text or b""
+        if self._auth and code == 334:
+            return [f"{code} {AUTH_REDACTED}"]
+        if getattr(ev, "command", None) != "AUTH":  # a banner has none
+            self._auth = False
+        parts = text.split(b"\n")
+        out = [f"{code}{' ' if i == len(parts) - 1 else '-'}{escape(part)}".rstrip()
+               for i, part in enumerate(parts)]
+        if ev.truncated:
+            out[-1] += " [line cut]"
+        return out
+
+    def _auth_result(self, ev: Any) -> list[str]:
+        self._auth = False
+        fields = {"mechanism": ev.mechanism, "result": ev.result, "user": ev.user,
+                  "code": ev.code}
+        return [f"{AUTH_REDACTED} {_pairs(fields)}"]
+
+    def _nothing(self, ev: Any) -> list[str]:
+        return []  # data_start; a reject line repeats a reply the transcript has
+
+    def _data_end(self, ev: Any) -> list[str]:
+        summary = [f"body: {ev.size} bytes", f"{ev.lines} lines"]
+        for key in _BODY_KEYS:
+            value = getattr(ev, key)
+            if value is not None:
+                summary.append(f"{_BODY_NAMES.get(key, key)}={_value(value)}")
+        return ["[" + ", ".join(summary) + "]"]
+
+    def _client_hello(self, ev: Any) -> list[str]:
+        fields = {"sni": ev.sni, "versions": ev.versions, "alpn": ev.alpn,
+                  "ciphers": ev.cipher_count}
+        return [f"[tls client_hello {_pairs(fields)}]"]
+
+    def _server_hello(self, ev: Any) -> list[str]:
+        fields = {"version": ev.version, "cipher": ev.cipher,
+                  "hello_retry": ev.hello_retry or None}
+        return [f"[tls server_hello {_pairs(fields)}]"]
+
+    def _tls_alert(self, ev: Any) -> list[str]:
+        if ev.encrypted:
+            return ["[tls alert encrypted]"]
+        level = _value(ev.level or "unknown")
+        desc = _value(ev.description or ev.code or "unknown")
+        return [f"[tls alert {level} {desc}]"]
 
     # -- public API ---------------------------------------------------
 
@@ -329,3 +335,22 @@ class Capture:
             except OSError:
                 pass
             self._tmp = None
+
+
+_FORMATS: dict[type, Callable[[Capture, Any], list[str]]] = {}
+
+
+def _formats() -> dict[type, Callable[[Capture, Any], list[str]]]:
+    """Event class -> Capture method that writes it, built at the first event."""
+    if not _FORMATS:
+        from .observer import events as ev
+        from .observer import tls
+
+        _FORMATS.update({
+            ev.Command: Capture._command, ev.Reply: Capture._reply, ev.Banner: Capture._reply,
+            ev.AuthResult: Capture._auth_result, ev.DataStart: Capture._nothing,
+            ev.Reject: Capture._nothing, ev.DataEnd: Capture._data_end,
+            tls.TLSClientHello: Capture._client_hello,
+            tls.TLSServerHello: Capture._server_hello, tls.TLSAlert: Capture._tls_alert,
+        })
+    return _FORMATS
