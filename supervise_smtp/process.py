@@ -183,7 +183,7 @@ def default_sigchld() -> None:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
 
 
-def spawn(argv: list[str]) -> Child:
+def spawn(argv: list[str], env: dict[bytes, bytes] | None = None) -> Child:
     """Start argv with a socketpair end on fds 0/1 and a pipe on fd 2.
 
     Raises TempError (exit 111) when it cannot: EMFILE, ENOENT, EACCES...
@@ -211,7 +211,8 @@ def spawn(argv: list[str]) -> Child:
         (os.POSIX_SPAWN_DUP2, err_w, 2),
     ]
     try:
-        pid = os.posix_spawnp(argv[0], argv, original_environ(), file_actions=actions,
+        pid = os.posix_spawnp(argv[0], argv, original_environ() if env is None else env,
+                              file_actions=actions,
                               setsigdef=_RESET_SIGNALS)
     except OSError as err:
         ours.close()

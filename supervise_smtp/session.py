@@ -49,9 +49,14 @@ ANOMALY_EVENTS = frozenset({
 })
 
 
-def run(opts: Options, argv: list[str]) -> ExitStatus:
-    """Supervise one connection; returns how the child ended (raises TempError: 111)."""
-    s = Session(opts, argv)  # spawn: qmail-smtpd starts while we import the rest
+def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None) -> ExitStatus:
+    """Supervise one connection; returns how the child ended (raises TempError: 111).
+
+    ``env`` is the child's environment: by default exactly the one we were
+    started with (tcpserver's); the resident server passes the one it made
+    for this connection.  Our own lines read TCPREMOTEIP and friends from it.
+    """
+    s = Session(opts, argv, env)  # spawn: qmail-smtpd starts while we import the rest
     s.observe()
     s.relay()
     status = s.watch()
@@ -64,18 +69,20 @@ def run(opts: Options, argv: list[str]) -> ExitStatus:
 class Session:
     """The parts of one connection, by name; each step of ``run`` is a method."""
 
-    __slots__ = ("opts", "started", "base", "child", "stop_signals", "subreaper_error",
+    __slots__ = ("opts", "started", "env", "base", "child", "stop_signals", "subreaper_error",
                  "out", "facts", "stderr", "queue", "tap", "link", "fixer")
 
-    def __init__(self, opts: Options, argv: list[str]) -> None:
+    def __init__(self, opts: Options, argv: list[str],
+                 env: dict[bytes, bytes] | None = None) -> None:
         """Spawn first of all; then signals, the output and what watches the child."""
         self.opts = opts
         self.started = time.monotonic()
-        self.base: dict[str, object] = {"remote": os.environ.get("TCPREMOTEIP"),
+        self.env = env
+        self.base: dict[str, object] = {"remote": self._getenv("TCPREMOTEIP"),
                                         "pid": os.getpid()}
         default_sigchld()
         try:
-            self.child = spawn(argv)
+            self.child = spawn(argv, env)
         except TempError as err:
             self._refused(err)
             raise
@@ -92,11 +99,17 @@ class Session:
 
         self.out = Output(opts.format, background=True)  # never waits for the log service
         self.out.base = self.base
-        self.out.emit("connect", _connect_fields(self.child))
+        self.out.emit("connect", _connect_fields(self.child, self._getenv))
         self.facts = Facts()
         self.stderr: StderrWatch | None = None  # at the first stderr bytes: most have none
         self.queue: QueueWatch | None = None  # at the first DATA: most sessions have none
         self.fixer: Any = None
+
+    def _getenv(self, name: str) -> str | None:
+        if self.env is None:
+            return os.environ.get(name)
+        value = self.env.get(name.encode())
+        return None if value is None else value.decode("utf-8", "surrogateescape")
 
     def _refused(self, err: TempError) -> None:
         """The child could not start: say so in the usual lines (then exit 111)."""
@@ -367,14 +380,13 @@ class ObserverTap:
             capture.error = capture.error or f"capture failed: {exc!r}"[:200]
 
 
-def _connect_fields(child: Child) -> dict[str, object]:
-    env = os.environ
+def _connect_fields(child: Child, getenv: Callable[[str], str | None]) -> dict[str, object]:
     return {
-        "remote_port": env.get("TCPREMOTEPORT"),
-        "remote_host": env.get("TCPREMOTEHOST"),
-        "remote_info": env.get("TCPREMOTEINFO"),
-        "local": env.get("TCPLOCALIP"),
-        "local_port": env.get("TCPLOCALPORT"),
+        "remote_port": getenv("TCPREMOTEPORT"),
+        "remote_host": getenv("TCPREMOTEHOST"),
+        "remote_info": getenv("TCPREMOTEINFO"),
+        "local": getenv("TCPLOCALIP"),
+        "local_port": getenv("TCPLOCALPORT"),
         "child_pid": child.pid,
         "prog": child.argv[0],
     }
