@@ -35,6 +35,9 @@ connection on fds 0/1 byte for byte, and writes one line per event on fd 2.
 options:
 {help_list()}
 subcommands (each with --help):
+  supervise-smtp serve [tcpserver options] [options] host port prog...
+                                    resident mode: tcpserver's place, a fork per
+                                    connection, the same session and lines
   supervise-smtp wrap-run PATH      insert supervise-smtp into a run script
   supervise-smtp check-service DIR  sanity-check a qmail-smtpd service dir
 
@@ -81,6 +84,7 @@ def _refuse(fmt: str, err: TempError) -> None:
 SUBCOMMANDS = {
     "wrap-run": "supervise_smtp.wraprun",
     "check-service": "supervise_smtp.checkservice",
+    "serve": "supervise_smtp.serve",
 }
 
 

@@ -1,0 +1,353 @@
+"""``supervise-smtp serve``: a resident tcpserver that pays Python's start-up once.
+
+The parent binds host:port, switches to -u/-g, imports everything a session
+needs and then only accepts, forks, reaps and counts.  Each connection is a
+forked worker that does what tcpserver's child does before its exec (banner,
+environment with its DNS and ident lookups, the -x rules: serve's tcpenv,
+tcpdns and rules modules) and then runs the very session of the
+per-connection wrapper, ``session.run(options, prog, env)``, with the
+wrapper options parsed once in the parent; it exits as the wrapper would
+(the child's code, its signal, 111 when the child could not run, 100 when
+the rules deny), so the parent's ``event=end ... status=S`` is what
+``tcpserver -v`` prints as ``end PID status S`` for the same connection.
+
+Fork safety: the parent never starts a thread (its lines are written
+synchronously, serve_log.py), freezes the garbage collector's objects
+before each fork so that workers keep sharing its pages, and blocks the
+signals it handles around fork() so that a worker starts with tcpserver's
+dispositions (SIGCHLD, TERM, HUP, ALRM, INT as the wrapper finds them), no
+wakeup fd and none of the parent's descriptors (listening socket, wakeup
+pipe, log descriptor: all close-on-exec, and closed in the worker).
+
+Signals: SIGCHLD wakes the poll loop through a wakeup pipe and every
+finished worker is reaped (waitpid(-1, WNOHANG) until none is left, so
+none is lost when several end at once).  SIGTERM (and SIGINT) close the
+listening socket and exit 0, leaving running sessions to finish as
+tcpserver does (``--drain S`` first waits up to S seconds for them).
+SIGHUP and SIGALRM do nothing.  At the -c limit the listening socket leaves
+the poll set: nothing is accepted, the kernel backlog holds new clients.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import select
+import signal
+import socket
+import time
+
+from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.serve_log import ParentLog
+from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
+from supervise_smtp.serve_worker import run_worker
+from supervise_smtp.tcpenv import peer_of
+
+__all__ = ["main", "Server", "ACCEPT_BURST", "EMFILE_PAUSE_S"]
+
+ACCEPT_BURST = 16  # connections accepted per wake-up before reaping again
+EMFILE_PAUSE_S = 0.1  # out of descriptors: stop accepting this long, not spin
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, signal.SIGHUP, signal.SIGALRM)
+_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def main(args: list[str]) -> int:
+    """Parse, bind, switch user, serve until SIGTERM; 0 then (UsageError 100, TempError 111)."""
+    try:
+        cfg = parse_serve(args)
+    except InfoRequested as asked:
+        if asked.what == "help":
+            os.write(1, help_text().encode())
+        else:
+            from supervise_smtp import __version__
+
+            os.write(1, f"supervise-smtp {__version__}\n".encode())
+        return 0
+    _standard_fds()
+    family, address = _address(cfg.host, cfg.port)
+    _preload(cfg)
+    sock = _listen(family, address, cfg.backlog)
+    _switch_user(cfg.gid, cfg.uid)
+    if cfg.print_port:
+        os.write(1, b"%d\n" % sock.getsockname()[1])
+    _null_stdio()
+    return Server(cfg, sock).run()
+
+
+def _standard_fds() -> None:
+    """fds 0, 1, 2 open (on /dev/null if closed) before we make any descriptor."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _null_stdio() -> None:
+    """tcpserver closes fds 0 and 1 once listening; /dev/null keeps them taken."""
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def _port(name: str) -> int:
+    if name.isdigit() and name.isascii():
+        if int(name) > 65535:
+            raise UsageError(f"bad port {name}")
+        return int(name)
+    try:
+        return socket.getservbyname(name, "tcp")
+    except OSError:
+        raise TempError(f"unable to figure out port number for {name}") from None
+
+
+def _address(host: str, port_name: str) -> tuple[int, tuple[object, ...]]:
+    """host and port as tcpserver takes them: 0 or "" is 0.0.0.0, names resolved.
+
+    Names go through getaddrinfo (/etc/hosts, then DNS), IPv4 first, as
+    tcpserver takes the first IPv4 address; an IPv6 address or a name with
+    only IPv6 addresses gives an IPv6 socket.
+    """
+    port = _port(port_name)
+    if host in ("", "0"):
+        host = "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICSERV)
+    except socket.gaierror as err:
+        raise TempError(f"no IP address for {host}: {err.strerror}") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            return family, sockaddr
+    raise TempError(f"no IP address for {host}")
+
+
+def _listen(family: int, address: tuple[object, ...], backlog: int) -> socket.socket:
+    """The listening socket: SO_REUSEADDR as tcpserver, dual-stack for ::, close-on-exec."""
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as err:
+        raise TempError(f"unable to create socket: {err.strerror}", err.errno) from err
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as err:
+        sock.close()
+        raise TempError(f"unable to bind: {err.strerror}", err.errno) from err
+    sock.setblocking(False)
+    return sock
+
+
+def _switch_user(gid: int, uid: int) -> None:
+    """-g then -u, as tcpserver's prot_gid/prot_uid: groups become just gid; 0 = no switch."""
+    try:
+        if gid:
+            os.setgroups([gid])
+            os.setgid(gid)
+    except OSError as err:
+        raise TempError(f"unable to set gid: {err.strerror}", err.errno) from err
+    try:
+        if uid:
+            os.setuid(uid)
+    except OSError as err:
+        raise TempError(f"unable to set uid: {err.strerror}", err.errno) from err
+
+
+def _preload(cfg: ServeConfig) -> None:
+    """Import once, in the parent, what every worker would import for itself.
+
+    The per-connection wrapper imports most of this lazily, after spawning
+    its child; a forked worker finds it all loaded and shared.
+    """
+    import importlib
+
+    opts = cfg.options
+    names = ["supervise_smtp.session", "supervise_smtp.relay", "supervise_smtp.observer",
+             "supervise_smtp.observer.auth", "supervise_smtp.observer.tls",
+             "supervise_smtp.diagnose", "supervise_smtp.output", "supervise_smtp.scanner",
+             "supervise_smtp.lines", "supervise_smtp.procfs", "supervise_smtp.tcpenv",
+             "ipaddress", "resource"]
+    if opts.capture:
+        names.append("supervise_smtp.capture")
+    if opts.alert_exec:
+        names.append("supervise_smtp.alert")
+    if opts.bare_lf == "fix":
+        names.append("supervise_smtp.barelf")
+    if cfg.rules is not None:
+        names += ["supervise_smtp.rules", "cdblib"]  # rules.lookup imports cdblib lazily
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:  # the worker will meet it again and drop (111)
+            if name.startswith("supervise_smtp."):
+                raise TempError(f"unable to load {name}: {err}") from err
+
+
+class Server:
+    """The accept loop: one listening socket, the workers alive, the log."""
+
+    def __init__(self, cfg: ServeConfig, sock: socket.socket) -> None:
+        from supervise_smtp.process import original_environ
+
+        self.cfg = cfg
+        self.sock = sock
+        self.log = ParentLog(cfg.options.format, cfg.verbosity)
+        self.env = dict(original_environ())  # each worker's starts from this
+        self.active: dict[int, str] = {}  # worker pid -> remote address
+        self.stopping = 0  # the signal that stops us
+        self.listening = False  # the listening socket is in the poll set
+        self.paused_until = 0.0  # out of descriptors: no accept until then
+        self.poller = select.poll()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller.register(self.wake_r, select.POLLIN)
+        self.old_handlers: dict[int, object] = {}
+
+    def run(self) -> int:
+        """Serve until SIGTERM; 0."""
+        self._catch_signals()
+        local = self.sock.getsockname()
+        cfg = self.cfg
+        self.log.status("listen", pid=os.getpid(), local=local[0], local_port=local[1],
+                        limit=cfg.limit, backlog=cfg.backlog, prog=cfg.prog[0])
+        gc.collect()
+        gc.freeze()
+        while not self.stopping:
+            self._wait(None)
+            self._reap()
+            if not self.stopping:
+                self._accept()
+        return self._stop()
+
+    # -- signals ---------------------------------------------------------------
+    def _catch_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in _HANDLED:
+            self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        """Only remember; the wakeup pipe has already woken the poll loop."""
+        if signum in _STOP_SIGNALS and not self.stopping:
+            self.stopping = signum
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- the loop --------------------------------------------------------------
+    def _wait(self, deadline: float | None) -> None:
+        """Poll the wakeup pipe, and the listening socket while there is room."""
+        now = time.monotonic()
+        want = (not self.stopping and len(self.active) < self.cfg.limit
+                and now >= self.paused_until)
+        if want != self.listening:
+            if want:
+                self.poller.register(self.sock.fileno(), select.POLLIN)
+            else:
+                self.poller.unregister(self.sock.fileno())
+            self.listening = want
+        timeout_s = deadline - now if deadline is not None else None
+        if now < self.paused_until and not self.stopping:
+            pause = self.paused_until - now
+            timeout_s = pause if timeout_s is None else min(timeout_s, pause)
+        ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000) + 1)
+        for fd, _ in self.poller.poll(ms):
+            if fd == self.wake_r:
+                self._drain_wakeups()
+
+    def _reap(self) -> None:
+        """Every finished worker, each with its raw wait status (tcpserver's ``status S``)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            remote = self.active.pop(pid, None)
+            self.log.status("end", remote=remote, pid=pid, status=status,
+                            active=len(self.active), limit=self.cfg.limit)
+
+    def _accept(self) -> None:
+        """Accept while there is room (at most ACCEPT_BURST), a worker for each."""
+        if not self.listening:
+            return
+        for _ in range(ACCEPT_BURST):
+            if len(self.active) >= self.cfg.limit:
+                return
+            try:
+                fd, addr = self.sock._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in _NO_FDS:
+                    self.log.error("serve_error", where="accept", error=err.strerror,
+                                   errno=err.errno)
+                    self.paused_until = time.monotonic() + EMFILE_PAUSE_S
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            self._fork(fd, addr)
+
+    def _fork(self, fd: int, addr: tuple[object, ...]) -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        gc.freeze()  # objects made since the last fork join the shared ones
+        try:
+            pid = os.fork()
+        except OSError as err:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(fd)
+            self.log.error("drop", remote=str(addr[0]), where="fork", error=err.strerror,
+                           errno=err.errno)
+            return
+        if pid == 0:
+            self._become_worker(mask, fd, addr)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(fd)
+        self.active[pid] = peer_of(addr).ip
+        if len(self.active) == self.cfg.limit:
+            self.log.status("limit", active=len(self.active), limit=self.cfg.limit)
+
+    def _stop(self) -> int:
+        """Stop accepting; with --drain, wait for the running sessions first."""
+        if self.listening:
+            self.poller.unregister(self.sock.fileno())
+            self.listening = False
+        self.sock.close()
+        self.log.status("stop", signal=signal.Signals(self.stopping).name,
+                        active=len(self.active), drain_s=self.cfg.drain_s)
+        deadline = time.monotonic() + self.cfg.drain_s
+        while self.active and time.monotonic() < deadline:
+            self._wait(deadline)
+            self._reap()
+        return 0
+
+    # -- in the worker -----------------------------------------------------------
+    def _become_worker(self, mask: set[int | signal.Signals], fd: int,
+                       addr: tuple[object, ...]) -> None:
+        """Right after fork: the parent's signals and descriptors undone; never returns."""
+        code = 111
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig, old in self.old_handlers.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.sock.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            code = run_worker(self.cfg, self.log, self.env, fd, addr)
+        except BaseException:  # never back into the parent's loop
+            code = 111
+        finally:
+            os._exit(code)
