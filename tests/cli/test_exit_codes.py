@@ -323,5 +323,6 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
     for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.procfs",
                  "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.observer.tls",
                  "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
-                 "json", "re", "subprocess", "argparse", "psutil"):
+                 "json", "re", "subprocess", "argparse", "psutil",
+                 "supervise_smtp.rules", "cdblib"):
         assert lazy not in loaded, lazy
