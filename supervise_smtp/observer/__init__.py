@@ -9,7 +9,7 @@ connection, so this package imports nothing beyond its own small modules.
 from __future__ import annotations
 
 from .events import Event
-from .protocol import MAX_LINE_BYTES, Observer
+from .protocol import MAX_SMTP_LINE_BYTES, Observer
 from .state import STAGES, MessageStats, SessionState
 
-__all__ = ["MAX_LINE_BYTES", "STAGES", "Event", "MessageStats", "Observer", "SessionState"]
+__all__ = ["MAX_SMTP_LINE_BYTES", "STAGES", "Event", "MessageStats", "Observer", "SessionState"]

@@ -8,11 +8,16 @@ TLS the same way, without loading the TLS record parser.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; only mypy reads this
+    from typing import Any
+
 __all__ = [
     "KNOWN_VERBS",
     "LAST_IN_GROUP",
     "NOT_SMTP_LINES",
     "enhanced_code",
+    "junk_lines",
     "parse_bdat",
     "parse_path",
     "parse_reply_line",
@@ -39,6 +44,11 @@ _MAX_VERB = 16
 # all (Postfix's smtpd_hard_error_limit default): the observer and the
 # bare-LF fixer then stop parsing it.
 NOT_SMTP_LINES = 20
+# Line heads read as commands even from a client taken for not SMTP: the
+# verbs that could bring it back to SMTP.
+_VERB_HEADS = (b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"STAR", b"AUTH",
+               b"QUIT")
+_VERB_LINE: Any = None
 
 # TLS record content types (RFC 8446 5.1) that open a record of a live
 # session: change_cipher_spec, alert, handshake, application_data.
@@ -68,6 +78,37 @@ def split_command(line: bytes) -> tuple[str, bytes]:
         if verb in KNOWN_VERBS:
             return verb, args
     return "UNKNOWN", whole
+
+
+def junk_lines(head: bytes, seg: bytes) -> tuple[int, bool]:
+    """Where the lines of a client taken for not SMTP stop being junk in ``seg``.
+
+    ``head`` is the first bytes of the line in progress (held from earlier
+    chunks).  Returns ``(end, command)``: ``seg[:end]`` ends the junk lines
+    (0: no whole one), and ``command`` says a line that starts with one of
+    the verbs of _VERB_HEADS begins at ``end``.  One regular-expression scan
+    per chunk, not a Python step per line.
+    """
+    if (head + seg[:4])[:4].upper() in _VERB_HEADS:
+        return 0, True  # the line in progress (maybe begun in an earlier chunk)
+    found = _verb_line_start().search(seg)
+    last = seg.rfind(b"\n") if found is None else found.start()
+    return last + 1, found is not None
+
+
+def _verb_line_start() -> Any:
+    """The LF before a line starting with one of _VERB_HEADS, any case.
+
+    ``re`` costs start-up time: compiled only once a client is taken for not
+    SMTP, which a real mail client never is.
+    """
+    global _VERB_LINE
+    if _VERB_LINE is None:
+        import re
+
+        heads = b"|".join(_VERB_HEADS)
+        _VERB_LINE = re.compile(b"\\n(?=" + heads + b")", re.IGNORECASE)
+    return _VERB_LINE
 
 
 def parse_path(args: bytes, keyword: bytes) -> tuple[bytes | None, bytes]:

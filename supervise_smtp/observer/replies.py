@@ -1,18 +1,40 @@
-"""Server reply assembly: multiline replies and EHLO capabilities.
+"""Server replies: multiline assembly, EHLO capabilities, and what each one answers.
 
 A reply is complete at its first ``ddd `` (or bare ``ddd``) line.  Only a
 bounded part of it is kept: the first MAX_REPLY_LINES line texts (each cut to
 TEXT_CAP), enough for any real EHLO list, so a server that never ends a
 multiline reply cannot grow memory.
+
+Replies come in the order of what they answer, so a FIFO of the commands
+still waiting (``Pending``) matches each reply to its command; that is what
+makes pipelining (RFC 2920) visible.
 """
 
 from __future__ import annotations
 
-from .commands import enhanced_code
+from .commands import LAST_IN_GROUP, enhanced_code
 from .events import Capabilities
-from .state import COUNT_CAP, TEXT_CAP, clip
+from .state import COUNT_CAP, PENDING_CAP, TEXT_CAP, SessionState, capped, clip
 
-__all__ = ["CompleteReply", "ReplyAssembler", "capabilities"]
+__all__ = [
+    "BDAT_LAST",
+    "DATA_END",
+    "END_OF_MESSAGE",
+    "GREETING",
+    "UNSEEN",
+    "CompleteReply",
+    "Pending",
+    "ReplyAssembler",
+    "Wait",
+    "capabilities",
+]
+
+# What a reply answers when no command line does.
+GREETING = "GREETING"  # the banner
+DATA_END = "DATA_END"  # the end of a DATA body
+BDAT_LAST = "BDAT_LAST"  # the last BDAT chunk
+UNSEEN = "UNSEEN"  # lines held past the hold bound: answered, never parsed
+END_OF_MESSAGE = (DATA_END, BDAT_LAST)
 
 MAX_REPLY_LINES = 64
 
@@ -117,3 +139,90 @@ def capabilities(reply: CompleteReply) -> Capabilities:
         chunking=chunking, eightbitmime=eightbit, smtputf8=utf8, keywords=kw,
         truncated=cut or reply.truncated,
     )
+
+
+class Wait:
+    """A command waiting for its reply; ``count`` > 1 for a run of unparsed lines.
+
+    ``arg`` is what a Reject line shows (an address, a mechanism, the line);
+    ``junk``: unknown lines of a client taken for not SMTP (or never parsed):
+    their replies make no events, only counts.
+    """
+
+    __slots__ = ("verb", "arg", "count", "junk")
+
+    def __init__(self, verb: str, arg: bytes | None, count: int, junk: bool = False) -> None:
+        self.verb = verb
+        self.arg = arg
+        self.count = count
+        self.junk = junk
+
+
+class Pending:
+    """The commands sent and not answered yet, oldest first (``state.pending`` follows).
+
+    It starts with the banner.  Unparsed lines, and unknown lines once the
+    client is taken for not SMTP, are one entry per run: a flood of them
+    costs no memory.  Past PENDING_CAP entries the rest are only counted.
+    """
+
+    __slots__ = ("state", "_waits")
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+        self._waits = [Wait(GREETING, None, 1)]
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    def push(self, verb: str, arg: bytes | None, count: int = 1) -> None:
+        """Queue a reply to match, answering ``verb`` (a run of ``count`` lines)."""
+        st = self.state
+        waits = self._waits
+        junk = verb == UNSEEN or (verb == "UNKNOWN" and st.not_smtp)
+        if junk and waits and waits[-1].junk and waits[-1].verb == verb:
+            waits[-1].count = capped(waits[-1].count + count)
+        elif len(waits) < PENDING_CAP:
+            waits.append(Wait(verb, arg or None, count, junk))
+        else:
+            st.pending_dropped = capped(st.pending_dropped + 1)
+        st.pending = len(waits)
+
+    def push_front(self, wait: Wait) -> None:
+        """``wait`` answers the next reply too (AUTH after a 334 challenge)."""
+        self._waits.insert(0, wait)
+        self.state.pending = len(self._waits)
+
+    def pop(self) -> Wait | None:
+        """What the reply that just came answers; None if nothing was waiting."""
+        waits = self._waits
+        if not waits:
+            return None
+        head = waits[0]
+        if head.count > 1:
+            head.count -= 1
+        else:
+            del waits[0]
+            self.state.pending = len(waits)
+        return head
+
+    def clear(self) -> None:
+        """Nothing waits any more (TLS started: replies are encrypted)."""
+        self._waits.clear()
+        self.state.pending = 0
+
+    def waiting(self) -> int:
+        """Commands sent and not answered yet (the banner aside)."""
+        waits = self._waits
+        return len(waits) - (bool(waits) and waits[0].verb == GREETING)
+
+    def group_end(self) -> str | None:
+        """The first waiting verb that must end a pipelined group (RFC 2920 3.1)."""
+        for wait in self._waits:
+            if wait.verb in LAST_IN_GROUP:
+                return wait.verb
+        return None
+
+    def end_of_message(self) -> bool:
+        """The end of a message waits for its reply."""
+        return any(w.verb in END_OF_MESSAGE for w in self._waits)

@@ -1,4 +1,4 @@
-"""Stages, limits and the session summary the diagnose step reads at the end.
+"""Stages and their transition table, limits, and the session summary diagnose reads.
 
 Stages are plain ``str`` constants, not an ``Enum``: ``enum`` costs several
 milliseconds to import and the observer is imported once per SMTP connection.
@@ -8,17 +8,30 @@ A stage names the last protocol step the client reached, so the verdict can
 say where a connection was lost: it moves on the client's commands (EHLO,
 MAIL, RCPT, DATA...), on the server's 354 (``data_body``) and on the
 end-of-data marker (``data_end``).  AUTH and STARTTLS are excursions: when
-they fail, the stage returns to where it was.
+they end, the stage returns to where it was.  TRANSITIONS is the whole
+machine; StageMachine is the only writer of ``SessionState.stage``.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ANY",
+    "BACK",
     "BYTES_CAP",
     "COUNT_CAP",
+    "EV_AUTH_DONE",
+    "EV_CHUNK",
+    "EV_END_OF_DATA",
+    "EV_GO_AHEAD",
+    "EV_GREETING",
+    "EV_TLS",
+    "EV_TLS_REFUSED",
+    "MAX_REPEAT_EVENTS",
     "MessageStats",
     "PENDING_CAP",
+    "RESET",
     "SessionState",
+    "StageMachine",
     "STAGES",
     "STAGE_AUTH",
     "STAGE_BANNER",
@@ -34,7 +47,10 @@ __all__ = [
     "STAGE_STARTTLS",
     "STAGE_TLS",
     "TEXT_CAP",
+    "TRANSITIONS",
     "USER_CAP",
+    "bump",
+    "capped",
     "clip",
 ]
 
@@ -58,6 +74,43 @@ STAGES = (
     STAGE_AUTH, STAGE_QUIT,
 )
 
+# What moves the stage: a client command (its verb, as split_command reads
+# it) or one of these steps of the exchange.
+EV_GREETING = "greeting"  # the server's first reply
+EV_GO_AHEAD = "go_ahead"  # 354 to DATA: the client's bytes are the body
+EV_CHUNK = "chunk"  # BDAT with a chunk the server reads (it offered CHUNKING)
+EV_END_OF_DATA = "end_of_data"  # the client's CRLF.CRLF, or the last BDAT chunk read
+EV_TLS = "tls_started"  # 220 to STARTTLS, or TLS from the server's first byte (SMTPS)
+EV_TLS_REFUSED = "tls_refused"  # any other answer to STARTTLS
+EV_AUTH_DONE = "auth_done"  # the final answer to AUTH
+
+ANY = "*"  # (ANY, event): from every stage without an entry of its own
+BACK = "back"  # to the stage an excursion (STARTTLS, AUTH) left when it began
+RESET = "reset"  # to where the greeting steps alone led: ehlo, banner or connect
+
+# (stage, event) -> next stage.  An event without an entry (NOOP, VRFY, an
+# unknown line, a refused BDAT...) leaves the stage where it is.
+TRANSITIONS = {
+    (STAGE_CONNECT, EV_GREETING): STAGE_BANNER,
+    (ANY, "HELO"): STAGE_EHLO,
+    (ANY, "EHLO"): STAGE_EHLO,
+    (ANY, "MAIL"): STAGE_MAIL,
+    (ANY, "RCPT"): STAGE_RCPT,
+    (ANY, "DATA"): STAGE_DATA,
+    (ANY, EV_GO_AHEAD): STAGE_DATA_BODY,
+    (ANY, EV_CHUNK): STAGE_BDAT,
+    (ANY, EV_END_OF_DATA): STAGE_DATA_END,
+    (ANY, "RSET"): RESET,
+    (ANY, "QUIT"): STAGE_QUIT,
+    (ANY, "STARTTLS"): STAGE_STARTTLS,
+    (ANY, EV_TLS_REFUSED): BACK,
+    (ANY, EV_TLS): STAGE_TLS,
+    (ANY, "AUTH"): STAGE_AUTH,
+    (ANY, EV_AUTH_DONE): BACK,
+}
+_EXCURSIONS = frozenset((STAGE_STARTTLS, STAGE_AUTH))
+_GREETING_STEPS = frozenset((EV_GREETING, "HELO", "EHLO"))
+
 # Counters stop here: a hostile peer cannot make them grow without bound.
 COUNT_CAP = 2**31 - 1
 # Byte totals get more room: a 4 GiB transfer is legitimate.
@@ -68,6 +121,13 @@ TEXT_CAP = 512
 USER_CAP = 256
 # Commands awaiting a reply (pipelining); the excess is only counted.
 PENDING_CAP = 1000
+# Events of one kind per session; beyond, the state only counts.
+MAX_REPEAT_EVENTS = 10
+
+
+def capped(value: int, cap: int = COUNT_CAP) -> int:
+    """``value``, or ``cap`` if it is larger."""
+    return value if value < cap else cap
 
 
 def clip(data: bytes, limit: int = TEXT_CAP) -> tuple[bytes, bool]:
@@ -217,3 +277,34 @@ def bump(table: dict[str, int], key: str) -> None:
     value = table.get(key, 0)
     if value < COUNT_CAP:
         table[key] = value + 1
+
+
+class StageMachine:
+    """Moves ``state.stage`` by TRANSITIONS; nothing else writes the stage."""
+
+    __slots__ = ("state", "_back", "_reset")
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+        self._back = STAGE_CONNECT  # the stage the current excursion left
+        self._reset = STAGE_CONNECT  # the greeting steps alone, for RSET
+
+    def move(self, event: str) -> None:
+        """Apply ``event`` (a verb or an EV_* step) to the stage."""
+        stage = self.state.stage
+        if event in _GREETING_STEPS:
+            self._reset = _next(self._reset, event) or self._reset
+        new = TRANSITIONS.get((stage, event)) or TRANSITIONS.get((ANY, event))
+        if new is None:
+            return
+        if new == BACK:
+            new = self._back
+        elif new == RESET:
+            new = self._reset
+        elif new in _EXCURSIONS and new != stage:
+            self._back = stage
+        self.state.stage = new
+
+
+def _next(stage: str, event: str) -> str | None:
+    return TRANSITIONS.get((stage, event)) or TRANSITIONS.get((ANY, event))

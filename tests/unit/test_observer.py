@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from helpers import bytewise, feed, names, smtp_session
 
@@ -24,7 +21,7 @@ from supervise_smtp.observer.events import (
     PipeliningViolation,
     Reply,
 )
-from supervise_smtp.observer.state import STAGES, SessionState
+from supervise_smtp.observer.state import ANY, BACK, RESET, STAGES, TRANSITIONS, SessionState
 
 BANNER = ("S", b"220 mx.example.org ESMTP\r\n")
 EHLO = [("C", b"EHLO c.example\r\n"), ("S", b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n")]
@@ -33,16 +30,6 @@ EHLO_NO_PIPELINING = [("C", b"EHLO c.example\r\n"), ("S", b"250-mx\r\n250 8BITMI
 
 def of(events, cls):
     return [e for e in events if type(e) is cls]
-
-
-def test_observer_import_pulls_no_heavy_module():
-    """Importing the observer loads none of the slow stdlib modules (start-up budget)."""
-    code = ("import sys, supervise_smtp.observer; "
-            "print(' '.join(sorted({'dataclasses', 'enum', 'typing', 're', 'collections', "
-            "'base64', 'logging'} & set(sys.modules))))")
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                         check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
-    assert out.stdout.strip() == ""
 
 
 def test_observer_full_session_events_in_order():
@@ -130,6 +117,12 @@ def test_observer_command_parsed(line, verb, address, params):
     ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\nRSET\r\n")], "ehlo"),
     ([BANNER, *EHLO, ("C", b"NOOP\r\nVRFY x\r\n")], "ehlo"),
     ([BANNER, *EHLO, ("C", b"QUIT\r\n")], "quit"),
+    ([BANNER, ("C", b"MAIL FROM:<a@b>\r\nRSET\r\n")], "banner"),
+    ([("C", b"RSET\r\n")], "connect"),
+    ([BANNER, *EHLO, ("C", b"MAIL FROM:<a@b>\r\n"), ("S", b"250 ok\r\n"),
+      ("C", b"AUTH LOGIN\r\n"), ("S", b"334 VXNlcm5hbWU6\r\n"), ("C", b"dXNlcg==\r\n"),
+      ("S", b"535 no\r\n")], "mail"),
+    ([("C", b"\x16\x03\x01\x00\x01z"), ("S", b"\x16\x03\x03\x00\x01z")], "tls"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_observer_stage_follows_protocol(steps, stage):
     """The stage names the last protocol step the client reached."""
@@ -281,6 +274,29 @@ def test_observer_bytewise_equals_whole_on_session():
     assert feed(steps, split=bytewise) == feed(steps)
 
 
+def test_observer_transition_table_names_only_stages():
+    """TRANSITIONS moves from and to stages only (or ANY, BACK, RESET), each stage named once."""
+    assert len(set(STAGES)) == len(STAGES)
+    for (stage, event), target in TRANSITIONS.items():
+        assert stage in STAGES or stage == ANY, stage
+        assert target in STAGES or target in (BACK, RESET), target
+        assert event not in STAGES, event  # verbs and EV_* steps, never a stage
+    reached = set(TRANSITIONS.values()) - {BACK, RESET}
+    assert reached | {"connect"} == set(STAGES)
+
+
+def test_observer_stages_are_the_verdicts_stages():
+    """diagnose names client_lost_after_<stage> after the observer's stages (all but quit)."""
+    from supervise_smtp.diagnose import STAGES as VERDICT_STAGES
+    from supervise_smtp.diagnose import VERDICTS
+
+    assert VERDICT_STAGES == tuple(s for s in STAGES if s != "quit")
+    assert [v for v in VERDICTS if v.startswith("client_lost_after_")] == [
+        "client_lost_after_" + s for s in (
+            "connect", "banner", "ehlo", "mail", "rcpt", "data", "data_body", "data_end",
+            "bdat", "starttls", "tls", "auth")]
+
+
 def test_observer_state_repr_has_every_field():
     """The state summary is a plain object whose repr lists its fields."""
     text = repr(SessionState())
@@ -359,9 +375,9 @@ def test_observer_not_smtp_after_twenty_unknown_lines():
     events = obs.feed_client(b"Accept: */*\r\n" + b"\n" * 5000)
     assert events == [NotSmtp(unknown_lines=20)]  # the 20th line; the rest is only counted
     assert obs.state.not_smtp and obs.state.sent == {"UNKNOWN": 5020}
-    assert len(obs._pending) == 20  # 19 answered one by one, then one run of 5001
+    assert obs.state.pending == 20  # 19 answered one by one, then one run of 5001
     events = obs.feed_server(b"502 unimplemented (#5.5.1)\r\n" * 5020)
-    assert len(of(events, Reply)) == 19 and not obs._waiting()
+    assert len(of(events, Reply)) == 19 and not obs.waiting
     assert (obs.state.rejects, obs.state.rejects_unlogged) == (5020, 5010)
     assert obs.state.server_bytes == 14 + 28 * 5020
     assert names(obs.close_client() + obs.close_server()) == ["PeerClosed", "PeerClosed"]

@@ -151,7 +151,7 @@ def test_refused_data_with_pipelined_body_is_commands(lines):
         st = obs.state
         assert not of(events, DataStart) and st.messages == 0 and st.messages_queued == 0
         assert st.rejected["DATA"] == 1 and st.quit_answered
-        assert st.last_reply_command == "QUIT" and not obs._waiting()
+        assert st.last_reply_command == "QUIT" and not obs.waiting
 
 
 def _pipelined_body(size: int, tail: bytes):
@@ -173,11 +173,11 @@ def test_body_sent_before_its_354_is_exact_once_confirmed(size, tail):
     assert obs.state.end_reply_offset is not None
     if tail == b"QUIT\r\n":
         obs.feed_server(b"221 mx\r\n")
-        assert obs.state.last_reply_command in ("QUIT", "UNSEEN") and not obs._waiting()
+        assert obs.state.last_reply_command in ("QUIT", "UNSEEN") and not obs.waiting
     if tail.endswith(b"QU"):
         obs.feed_client(b"IT\r\n")
         obs.feed_server(b"250 flushed\r\n221 mx\r\n")
-        assert not obs._waiting()
+        assert not obs.waiting
 
 
 def test_reject_events_name_the_command_and_address():
