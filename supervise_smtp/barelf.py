@@ -16,31 +16,43 @@ a ``bare_lf_fixed`` event:
   mailer's message, never let a bare newline end it;
 - a bare CR is left alone (qmail-smtpd passes it on unchanged).
 
-Replies are matched to client lines one for one (as qmail-smtpd answers them,
-AUTH continuation lines included) to know which reply answers DATA.  A
-client that sends its body before the 354 gets no rewrite for those bytes.
+The SMTP around the body is read with the observer's own pieces (its line
+reader, command and reply parsers, TLS sniff and not-SMTP rule), so both
+read a client alike.  Replies are matched to client lines one for one, as
+qmail-smtpd answers them (AUTH continuation lines included), to know which
+reply answers DATA.  A client that sends its body before the 354 gets no
+rewrite for those bytes.
 """
 
 from __future__ import annotations
 
-from supervise_smtp.observer.commands import NOT_SMTP_LINES, split_command
+from supervise_smtp.observer.commands import (
+    NOT_SMTP_LINES,
+    opens_tls,
+    parse_reply_line,
+    split_command,
+)
+from supervise_smtp.observer.lines import LineReader
+from supervise_smtp.observer.replies import ReplyAssembler
+from supervise_smtp.observer.state import PENDING_CAP
 
-__all__ = ["BareLFFixer"]
+__all__ = ["BareLFFixer", "LINE_HEAD_BYTES"]
 
+# Client modes: read command lines; pass bytes on until the answer to DATA;
+# rewrite a body; pass everything on for good (TLS, not SMTP).
 _CMD, _WAIT, _BODY, _OPAQUE = "cmd", "wait", "body", "opaque"
-MAX_LINE_BYTES = 4096  # enough of a command or reply line to read its verb or code
-MAX_PENDING = 1000
+# Of a command or reply line only this much is kept: enough for its verb or code.
+LINE_HEAD_BYTES = 4096
 
 
 class BareLFFixer:
     """feed_client(bytes) -> bytes to send on; feed_server(bytes) watches replies."""
 
-    fast = True  # the clean-chunk shortcut in _body (tests turn it off to compare)
-
     def __init__(self) -> None:
         self.mode = _CMD
-        self._cmd = bytearray()  # start of the current client command line
-        self._reply = bytearray()  # start of the current server reply line
+        self._commands = LineReader(LINE_HEAD_BYTES)
+        self._replies = LineReader(LINE_HEAD_BYTES)
+        self._reply = ReplyAssembler()
         self._pending: list[str] = []  # one entry per client line awaiting a reply
         self._banner = False
         self._unknown = 0  # unknown commands in a row
@@ -61,21 +73,20 @@ class BareLFFixer:
     def feed_server(self, data: bytes) -> None:
         if self.mode == _OPAQUE or not data:
             return
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                room = MAX_LINE_BYTES - len(self._reply)
-                if room > 0:
-                    self._reply += data[start:start + room]
+        pos = 0
+        while pos < len(data):
+            line, pos, _, truncated = self._replies.next_line(data, pos)
+            if line is None:
                 return
-            line = bytes(self._reply) + data[start:nl]
-            self._reply.clear()
-            start = nl + 1
-            if line[3:4] != b"-":
-                self._on_reply(line[:3])
+            parsed = parse_reply_line(line)  # a malformed line answers nothing
+            if parsed is None:
+                continue
+            code, more, text = parsed
+            reply = self._reply.add(code, more, text, truncated)
+            if reply is not None:
+                self._on_reply(reply.code)
 
-    def _on_reply(self, code: bytes) -> None:
+    def _on_reply(self, code: int) -> None:
         if not self._banner:
             self._banner = True
             return
@@ -83,11 +94,11 @@ class BareLFFixer:
             return
         verb = self._pending.pop(0)
         if verb == "DATA" and self.mode == _WAIT:
-            if code == b"354":
+            if code == 354:
                 self._begin_body()
             else:
                 self.mode = _CMD
-        elif verb == "STARTTLS" and code == b"220":
+        elif verb == "STARTTLS" and code == 220:
             self.mode = _OPAQUE
 
     # -- client side ---------------------------------------------------------
@@ -99,23 +110,17 @@ class BareLFFixer:
             return self._body(data)
         if self.mode == _WAIT:
             return data  # before the 354: not a body yet, whatever it holds
-        if not self._banner and not self._cmd and data[:1] == b"\x16":
+        if not self._banner and not self._commands.buffered and opens_tls(data):
             self.mode = _OPAQUE  # SMTPS: TLS from the first byte
             return data
-        start = 0
-        while start < len(data):
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                room = MAX_LINE_BYTES - len(self._cmd)
-                if room > 0:
-                    self._cmd += data[start:start + room]
-                return data
-            line = bytes(self._cmd) + data[start:nl]
-            self._cmd.clear()
-            start = nl + 1
-            self._command(line.rstrip(b"\r"))
+        pos = 0
+        while pos < len(data):
+            line, pos, _, _ = self._commands.next_line(data, pos)
+            if line is None:
+                break
+            self._command(line)
             if self.mode != _CMD:
-                return data[:start] + self.feed_client(data[start:])
+                return data[:pos] + self.feed_client(data[pos:])
         return data
 
     def _command(self, line: bytes) -> None:
@@ -132,7 +137,7 @@ class BareLFFixer:
         elif verb == "DATA":
             self.mode = _WAIT
         self._pending.append(verb if verb in ("DATA", "STARTTLS") else "")
-        del self._pending[:-MAX_PENDING]
+        del self._pending[:-PENDING_CAP]
 
     # -- the body --------------------------------------------------------------
     def _begin_body(self) -> None:
@@ -143,8 +148,7 @@ class BareLFFixer:
 
     def _body(self, data: bytes) -> bytes:
         """Rewrite up to the client's end of data; what follows is commands again."""
-        if self.fast and not self._held and b"\n." not in data and not (
-                self._at_start and data[:1] == b"."):
+        if not self._held and b"\n." not in data and not (self._at_start and data[:1] == b"."):
             # Most chunks of most messages: no line starts with a dot and
             # every LF has its CR.  Proved with two counts at C speed; the
             # chunk goes on untouched and only the line state moves.
