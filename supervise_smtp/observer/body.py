@@ -221,6 +221,12 @@ class BodyScanner:
         self, buf: bytes, data: bytes, n0: int, end: int, base: int, done: bool,
         events: list[tuple[int, int, Event]],
     ) -> None:
+        """Count ``buf[n0:end]``: line ends, NUL and 8-bit bytes, long lines, look-alikes.
+
+        Longer than most functions here: every count reads the same chunk
+        locals, and this runs once per chunk on the hot path, so the cheap
+        proofs and the exact walks they guard stay side by side.
+        """
         st = self.stats
         msg = st.message
         lines0 = st.lines
