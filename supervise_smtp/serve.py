@@ -68,12 +68,13 @@ def main(args: list[str]) -> int:
     _standard_fds()
     family, address = _address(cfg.host, cfg.port)
     _preload(cfg)
-    sock = _listen(family, address, cfg.backlog)
+    server = Server(cfg)  # signals caught before anyone can know our port (-1)
+    server.listen(_listen(family, address, cfg.backlog))
     _switch_user(cfg.gid, cfg.uid)
     if cfg.print_port:
-        os.write(1, b"%d\n" % sock.getsockname()[1])
+        os.write(1, b"%d\n" % server.sock.getsockname()[1])
     _null_stdio()
-    return Server(cfg, sock).run()
+    return server.run()
 
 
 def _standard_fds() -> None:
@@ -196,11 +197,13 @@ def _preload(cfg: ServeConfig) -> None:
 class Server:
     """The accept loop: one listening socket, the workers alive, the log."""
 
-    def __init__(self, cfg: ServeConfig, sock: socket.socket) -> None:
+    sock: socket.socket  # given by listen(), before run()
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        """The wakeup pipe and the signal handlers; ``listen`` gives the socket."""
         from supervise_smtp.process import original_environ
 
         self.cfg = cfg
-        self.sock = sock
         self.log = ParentLog(cfg.options.format, cfg.verbosity)
         self.env = dict(original_environ())  # each worker's starts from this
         self.active: dict[int, str] = {}  # worker pid -> remote address
@@ -211,10 +214,13 @@ class Server:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self.wake_r, select.POLLIN)
         self.old_handlers: dict[int, object] = {}
+        self._catch_signals()
+
+    def listen(self, sock: socket.socket) -> None:
+        self.sock = sock
 
     def run(self) -> int:
         """Serve until SIGTERM; 0."""
-        self._catch_signals()
         local = self.sock.getsockname()
         cfg = self.cfg
         self.log.status("listen", pid=os.getpid(), local=local[0], local_port=local[1],

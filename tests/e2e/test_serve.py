@@ -286,7 +286,7 @@ class _Ident(socketserver.StreamRequestHandler):
 @pytest.fixture
 def fake_identd() -> Iterator[None]:
     socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = _privileged(lambda: socketserver.ThreadingTCPServer(("127.0.0.1", 113), _Ident))
+    server = _privileged(lambda: socketserver.ThreadingTCPServer(("0.0.0.0", 113), _Ident))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield None
