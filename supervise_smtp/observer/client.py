@@ -414,6 +414,9 @@ class ClientReader:
         hold.verb = None
         self.mode = BODY
         if spec is None:
+            # Bytes carried past the bound from a refused DATA's pipeline were
+            # never kept: they are gone from this body too, not still pending.
+            hold.reset_overflow()
             if held:
                 self.feed(held, out)
             return

@@ -234,3 +234,18 @@ def test_end_reply_offset_is_where_the_reply_ends_in_the_server_stream():
                 assert obs.state.end_reply_offset == upto
         else:
             obs.feed_client(data)
+
+
+def test_second_hold_after_a_refused_data_leaves_no_stale_count():
+    """DATA refused, more than the hold bound pipelined, a second DATA in what was kept
+    and answered 354: the uncounted bytes are not reported again at the client's EOF."""
+    filler = b"x" * 200 + b"\r\n"
+    held = b"DATA\r\n" + filler * 400  # the second DATA and a body past the 64 KiB bound
+    obs = Observer()
+    feed([BANNER, *EHLO, *ENVELOPE, ("C", b"RSET\r\nDATA\r\n" + held),
+          ("S", b"250 flushed\r\n503 MAIL first (#5.5.1)\r\n354 go\r\n")],
+         obs)
+    events = obs.feed_client(b"\r\n.\r\n") + obs.feed_server(b"250 ok 1 qp 2\r\n")
+    events += obs.close_client()
+    closed = [e for e in events if type(e).__name__ == "PeerClosed"]
+    assert closed and closed[0].partial_bytes == 0
