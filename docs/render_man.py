@@ -11,7 +11,7 @@ The OPTIONS section is not written by hand: it is rendered from the option
 table, ``supervise_smtp.options.OPTIONS``, into the markdown first.
 
 Run ``python docs/render_man.py`` after editing the markdown or the option
-table and commit both files; tests/unit/test_manpage.py fails when the page
+table and commit both files; tests/process/test_manpage.py fails when the page
 differs from the markdown, tests/cli/test_options.py when the markdown's
 OPTIONS differ from the table.
 """

@@ -19,7 +19,7 @@ __all__ = ["main", "parse", "help_text", "USAGE", "SUBCOMMANDS"]
 
 USAGE = "usage: supervise-smtp [options] [--] prog [args...]"
 
-# The options that take a value (tests/unit/test_manpage.py checks the page names each).
+# The options that take a value (tests/process/test_manpage.py checks the page names each).
 _VALUED = tuple(name for row in OPTIONS if row[1] for name in row[0].split(", "))
 
 

@@ -1,7 +1,7 @@
 """Verdicts a client cannot falsify, and the replies a postmaster needs (issue 10, 3, 4, 8).
 
 Real tcpserver, the wrapper, and the qmail-smtpd test double (its command
-parsing checked alone in tests/unit/test_fakes.py).  Each test compares what
+parsing checked alone in tests/process/test_fakes.py).  Each test compares what
 the client sent and got, what was queued (the double's queue directory) and
 the one summary line, parsed strictly.
 """
