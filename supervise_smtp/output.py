@@ -5,7 +5,7 @@ value is escaped here: no byte can start a new line, a new key or a forged
 value.  Escaped text is printable ASCII only: backslash, and `\\xNN` for
 control bytes, DEL and non-ASCII (`\\n`, `\\r`, `\\t` for the common three).
 A value longer than MAX_VALUE_CHARS is cut between two escapes, never inside
-one, and a line that would reach MAX_LINE_BYTES loses whole trailing keys:
+one, and a line that would reach MAX_LOG_LINE_BYTES loses whole trailing keys:
 either way the line ends with ``truncated=true`` and still parses (a cut can
 never leave a lone backslash that escapes the closing quote).
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKLOG_BYTES",
     "BACKLOG_LINES",
-    "MAX_LINE_BYTES",
+    "MAX_LOG_LINE_BYTES",
     "MAX_VALUE_CHARS",
     "Output",
     "escape",
@@ -53,7 +53,7 @@ __all__ = [
     "render",
 ]
 
-MAX_LINE_BYTES = 4000
+MAX_LOG_LINE_BYTES = 4000
 MAX_VALUE_CHARS = 1024
 BACKLOG_LINES = 64  # lines waiting for fd 2, per connection (background output)
 BACKLOG_BYTES = 256 * 1024  # and their bytes (--stderr pass lines can be 64 KiB)
@@ -188,16 +188,16 @@ def format_json(fields: dict[str, object]) -> bytes:
 
 def _fit(parts: list[str], truncated: bool, head: str, sep: str, tail: str,
          mark: str) -> bytes:
-    """Join formatted items into one line under MAX_LINE_BYTES (newline included).
+    """Join formatted items into one line under MAX_LOG_LINE_BYTES (newline included).
 
     Only lines with many near-cap values get too long: whole trailing items
     are dropped (never part of one, so what stays parses) and ``mark``
     (truncated) ends the line.  The first item, event=, always stays.
     """
     size = len(head) + len(tail) + 1 + sum(map(len, parts)) + len(sep) * (len(parts) - 1)
-    if truncated or size >= MAX_LINE_BYTES:
+    if truncated or size >= MAX_LOG_LINE_BYTES:
         size += len(mark)
-        while size >= MAX_LINE_BYTES and len(parts) > 1:
+        while size >= MAX_LOG_LINE_BYTES and len(parts) > 1:
             size -= len(parts.pop()) + len(sep)
         truncated = True
     line = head + sep.join(parts) + (mark if truncated else "") + tail + "\n"

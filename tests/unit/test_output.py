@@ -11,7 +11,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from supervise_smtp.output import (
-    MAX_LINE_BYTES,
+    MAX_LOG_LINE_BYTES,
     MAX_VALUE_CHARS,
     Output,
     escape,
@@ -63,7 +63,7 @@ def test_logfmt_types_and_none_skipped():
 def test_logfmt_caps_long_values():
     """A 1 MB value is cut under the line limit and marked truncated."""
     line = format_logfmt({"event": "e", "text": b"\x00" * 1_000_000})
-    assert len(line) < MAX_LINE_BYTES
+    assert len(line) < MAX_LOG_LINE_BYTES
     fields = parse_logfmt(line.decode())
     assert fields["truncated"] == "true"
     assert len(fields["text"]) <= MAX_VALUE_CHARS
@@ -75,7 +75,7 @@ def test_logfmt_many_long_values_fit_one_line():
     fields = {"event": "e", **{f"k{i}": b"y" * 2000 for i in range(10)}}
     for fmt in (format_logfmt, format_json):
         line = fmt(fields)
-        assert len(line) < MAX_LINE_BYTES
+        assert len(line) < MAX_LOG_LINE_BYTES
         assert line.count(b"\n") == 1
     assert parse_logfmt(format_logfmt(fields).decode())["truncated"] == "true"
     assert json.loads(format_json(fields))["truncated"] is True
@@ -131,7 +131,7 @@ def test_output_write_error_disables_quietly():
 
 # --------------------------------------------------------------------------
 # Cuts (issue 10 item 5): a value cut at MAX_VALUE_CHARS, or keys dropped to
-# keep a line under MAX_LINE_BYTES, must leave a line that parses strictly,
+# keep a line under MAX_LOG_LINE_BYTES, must leave a line that parses strictly,
 # with no forged key and no value split.
 
 FORGE = b"MAIL FROM:<a@b.c> verdict=ok event=summary x="
@@ -170,7 +170,7 @@ def test_json_dropped_keys_never_split_a_string():
               "mail_from": addr, "last_command": b"MAIL FROM:<" + addr + b">",
               "reason": addr, "last_reply": addr}
     line = format_json(fields)
-    assert len(line) < MAX_LINE_BYTES
+    assert len(line) < MAX_LOG_LINE_BYTES
     obj = strict.parse_json(line)
     kept = [k for k in obj if k != "truncated"]
     assert kept == list(fields)[: len(kept)] and obj["truncated"] is True
@@ -183,7 +183,7 @@ def test_logfmt_dropped_keys_are_whole_items():
     """Keys dropped for the line cap go whole, from the end; values with spaces stay intact."""
     fields = {"event": "e", **{f"k{i}": b"a " * 400 for i in range(8)}}
     line = format_logfmt(fields)
-    assert len(line) < MAX_LINE_BYTES
+    assert len(line) < MAX_LOG_LINE_BYTES
     parsed = strict.parse(line)
     kept = [k for k in parsed if k != "truncated"]
     assert kept == list(fields)[: len(kept)] and parsed["truncated"] == "true"
@@ -220,9 +220,9 @@ _FIELDS = st.one_of(st.dictionaries(_KEYS, _VALUES, max_size=10),
 
 @st.composite
 def _near_line_cap(draw: st.DrawFn) -> dict[str, object]:
-    """Plain values whose line lands within a few bytes of MAX_LINE_BYTES, a tricky last one."""
+    """Plain values whose line lands within a few bytes of MAX_LOG_LINE_BYTES, a tricky last one."""
     count = draw(st.integers(3, 6))
-    total = draw(st.integers(MAX_LINE_BYTES - 40, MAX_LINE_BYTES + 10))
+    total = draw(st.integers(MAX_LOG_LINE_BYTES - 40, MAX_LOG_LINE_BYTES + 10))
     head = len("event=prop remote=10.0.0.7 pid=42") + count * len(" kN=")
     each = max(1, (total - head) // count)
     fields: dict[str, object] = {f"k{i}": b"v" * min(each, MAX_VALUE_CHARS)
@@ -244,7 +244,7 @@ def _expected(value: object) -> str:
 def _check_line(line: bytes, given_fields: dict[str, object], json_mode: bool) -> None:
     """Every promise of output.py about one line, read back strictly."""
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert len(line) < MAX_LINE_BYTES
+    assert len(line) < MAX_LOG_LINE_BYTES
     assert all(0x20 <= b < 0x7F for b in line[:-1])
     parsed = strict.parse_json(line) if json_mode else strict.parse(line)
     fields = {"event": "prop", "remote": "10.0.0.7", "pid": 42,
@@ -276,10 +276,10 @@ def _check_line(line: bytes, given_fields: dict[str, object], json_mode: bool) -
         alone = fmt({"event": "e", first: fields[first]}).decode().rstrip("\n")
         if json_mode:
             item = alone[len('{"event": "e", '):-1].removesuffix(', "truncated": true')
-            assert len(line) + 2 + len(item) >= MAX_LINE_BYTES
+            assert len(line) + 2 + len(item) >= MAX_LOG_LINE_BYTES
         else:
             item = alone[len("event=e "):].removesuffix(" truncated=true")
-            assert len(line) + 1 + len(item) >= MAX_LINE_BYTES
+            assert len(line) + 1 + len(item) >= MAX_LOG_LINE_BYTES
 
 
 @settings(max_examples=1000, deadline=None)
