@@ -5,7 +5,11 @@
 Every chain is tcpserver on 127.0.0.1 in front of the same C responder
 (bench/smtp_sink.c): ``direct`` (tcpserver -> sink), ``recordio``
 (tcpserver -> recordio -> sink) and supervise-smtp in observe mode, with
-``--capture DIR`` (every connection kept) and with ``--bare-lf fix``.  All
+``--capture DIR`` (every connection kept) and with ``--bare-lf fix``; and
+``serve``: ``supervise-smtp serve`` in tcpserver's place, with the same
+options, forking the same session in front of the same sink (the resident
+mode's budgets of DESIGN.md, and its parent's RSS and fds at the start and
+at the end of the run).  All
 chains are up at once and measured interleaved, in a rotating order, several
 repetitions; the result is the ratio to direct and to recordio in the same
 run (min and median over the repetitions are both kept in the JSON).  Logs
@@ -41,6 +45,7 @@ from benchlib import (  # noqa: E402
     body,
     build,
     build_sink,
+    free_port,
     machine,
     observer_in_data,
     send_all,
@@ -49,6 +54,7 @@ from benchlib import (  # noqa: E402
 )
 
 WRAPPER = "supervise-smtp"
+SERVE = "serve"
 MB = 1_000_000
 
 
@@ -83,7 +89,66 @@ def chains(sink: str, capture_dir: Path, wrapper: list[str]) -> dict[str, list[s
         WRAPPER: [*wrapper, "--"],
         f"{WRAPPER} --capture": [*wrapper, "--capture", str(capture_dir), "--"],
         f"{WRAPPER} --bare-lf fix": [*wrapper, "--bare-lf", "fix", "--"],
+        SERVE: [*wrapper, "serve"],  # not under tcpserver: in its place (ServeServer)
     }
+
+
+class ServeServer(Server):
+    """``supervise-smtp serve`` with the options benchlib.Server gives tcpserver."""
+
+    def __init__(self, serve: list[str], prog: list[str]) -> None:  # not Server's: no tcpserver
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*serve, "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *prog],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"serve did not start: {prog}")
+
+    def session_pid(self, client_port: int) -> int | None:
+        """The worker (serve's child) whose child has our client port in its environment."""
+        pid = self.proc.pid
+        want = f"TCPREMOTEPORT={client_port}".encode()
+        for worker in _children(pid):
+            for child in _children(worker):
+                try:
+                    env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if want in env:
+                    return worker
+        return None
+
+    def status(self) -> dict[str, int]:
+        """The parent's VmRSS (KiB) and open descriptors, now."""
+        pid = self.proc.pid
+        rss = 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        return {"rss_kb": rss, "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def start_server(name: str, cmd: list[str], *prog: str) -> Server:
+    """The chain ``name``: tcpserver running cmd + prog, or serve running prog."""
+    if name == SERVE:
+        return ServeServer(cmd, list(prog))
+    return Server([*cmd, *prog])
 
 
 # --- one measurement each; every function returns a number ----------------
@@ -172,9 +237,9 @@ def conn_rate(blast: str, srv: Server, clients: int, seconds: float) -> float:
     return int(fields["sessions"]) / float(fields["seconds"])
 
 
-def cpu_ms_per_session(argv: list[str], n: int) -> float:
-    """User+sys CPU of the whole chain (tcpserver and all it reaped) per session."""
-    srv = Server(argv)
+def cpu_ms_per_session(name: str, cmd: list[str], sink: str, n: int) -> float:
+    """User+sys CPU of the whole chain (tcpserver or serve, and all it reaped) per session."""
+    srv = start_server(name, cmd, sink)
     try:
         for _ in range(n):
             session_ms(srv)
@@ -265,14 +330,19 @@ def run(sizes: Sizes, only: set[str] | None, wrapper: list[str]) -> dict[str, ob
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as capture_dir:
         cmds = chains(sink, Path(capture_dir), wrapper)
         names = list(cmds)
-        smtp = {name: Server([*cmd, sink]) for name, cmd in cmds.items()}
-        raw = {name: Server([*cmd, sink, "raw"]) for name, cmd in cmds.items()
+        smtp = {name: start_server(name, cmd, sink) for name, cmd in cmds.items()}
+        raw = {name: start_server(name, cmd, sink, "raw") for name, cmd in cmds.items()
                if name != FLOOR}
         try:
             for srv in smtp.values():  # warm-up: page cache, byte code
                 for _ in range(3):
                     session_ms(srv)
+            parent = smtp[SERVE]
+            assert isinstance(parent, ServeServer)
+            before = parent.status()
             measure(r, names, smtp, raw, cmds, sink, blast)
+            r.record("serve_parent", SERVE, "start", before)
+            r.record("serve_parent", SERVE, "end", parent.status())
         finally:
             for srv in [*smtp.values(), *raw.values()]:
                 srv.stop()
@@ -313,7 +383,7 @@ def measure(r: Run, every: list[str], smtp: dict[str, Server], raw: dict[str, Se
                 r.record("rss", name, "peak_mb", peak[name])
     if r.wanted("cpu"):
         got = r.interleaved(every, sz.reps,
-                            lambda n: [cpu_ms_per_session([*cmds[n], sink], sz.cpu_n)])
+                            lambda n: [cpu_ms_per_session(n, cmds[n], sink, sz.cpu_n)])
         for name, v in got.items():
             r.record("cpu", name, "ms_per_session", stats(v))
     scaled = ["direct", "recordio", WRAPPER]
@@ -402,6 +472,34 @@ def budgets(results: dict[str, object]) -> list[tuple[str, float, str, bool]]:
     w = get("rss", WRAPPER, "peak_mb")
     if w:
         out.append(("wrapper peak RSS (MB)", w, "<= 20", w <= 20))
+    return out + serve_budgets(results)
+
+
+def serve_budgets(results: dict[str, object]) -> list[tuple[str, float, str, bool]]:
+    """The resident mode's budgets (DESIGN.md "Budgets"), from this run's medians."""
+    out = []
+
+    def get(metric: str, chain: str, key: str) -> float | None:
+        return value(results, metric, chain, key)
+
+    s, d = get("banner", SERVE, "p50_ms"), get("banner", "direct", "p50_ms")
+    if s is not None and d is not None:
+        out.append(("serve banner added p50 (ms)", s - d, "<= 3", s - d <= 3))
+    for key in ("N=1", "N=4", "N=16"):
+        s, rec, w = (get("conn_rate", c, key) for c in (SERVE, "recordio", WRAPPER))
+        if s and rec:
+            out.append((f"serve conn/s vs recordio {key}", s / rec, ">= 0.5x", s / rec >= 0.5))
+        if s and w:
+            out.append((f"serve conn/s vs wrapper {key}", s / w, ">= 3x", s / w >= 3))
+    s, w = get("data", SERVE, "mb_s"), get("data", WRAPPER, "mb_s")
+    if s and w:
+        out.append(("serve DATA MB/s vs wrapper", s / w, ">= 0.9x", s / w >= 0.9))
+    parent = results.get("serve_parent", {}).get(SERVE)  # type: ignore[attr-defined]
+    if parent:
+        grown = (parent["end"]["rss_kb"] - parent["start"]["rss_kb"]) / 1024
+        out.append(("serve parent RSS growth (MB)", grown, "< 1", grown < 1))
+        fds = parent["end"]["fds"] - parent["start"]["fds"]
+        out.append(("serve parent fds growth", fds, "== 0", fds == 0))
     return out
 
 
@@ -432,6 +530,11 @@ def report(results: dict[str, object]) -> str:
         lines.append(f"\n{label}:")
         for chain, figures in rows.items():  # type: ignore[union-attr]
             lines.append(f"  {chain:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in figures.items()))
+    parent = results.get("serve_parent", {}).get(SERVE)  # type: ignore[attr-defined]
+    if parent:
+        lines.append(f"\nserve parent: RSS {parent['start']['rss_kb']} -> "
+                     f"{parent['end']['rss_kb']} KiB, fds {parent['start']['fds']} -> "
+                     f"{parent['end']['fds']} over the run")
     obs = value(results, "observer", "observer alone", "mb_s")
     if obs is not None:
         lines.append(f"\nobserver alone: {obs:.0f} MB/s (clean DATA body, 128 KiB chunks)")

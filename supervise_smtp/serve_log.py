@@ -72,13 +72,6 @@ class ParentLog:
         self._poller = select.poll()
         self._poller.register(self.fd, select.POLLOUT)
 
-    def fds(self) -> list[int]:
-        """Descriptors of ours that a worker closes."""
-        out = [] if self.own_fd is None else [self.own_fd]
-        if self.sock is not None:
-            out.append(self.sock.fileno())
-        return out
-
     def close(self) -> None:
         """In a worker: drop our descriptors (the session writes fd 2 itself)."""
         if self.own_fd is not None:

@@ -11,7 +11,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 CHAINS = {"direct", "recordio", "supervise-smtp", "supervise-smtp --capture",
-          "supervise-smtp --bare-lf fix"}
+          "supervise-smtp --bare-lf fix", "serve"}
 
 
 @pytest.mark.e2e
@@ -43,7 +43,10 @@ def test_bench_suite_quick_measures_every_chain(tmp_path, need):
     assert results["observer"]["observer alone"]["mb_s"]["n"] == 1
     assert set(doc["ratios"]["DATA MB/s"]) == {"vs_direct", "vs_recordio"}
     names = {b["name"] for b in doc["budgets"]}
-    assert names >= {"banner added p50 (ms)", "DATA MB/s, observer on"}
+    assert names >= {"banner added p50 (ms)", "DATA MB/s, observer on",
+                     "serve banner added p50 (ms)", "serve conn/s vs wrapper N=4",
+                     "serve parent RSS growth (MB)", "serve parent fds growth"}
+    assert set(results["serve_parent"]["serve"]) == {"start", "end"}
     for chain in ("direct", "recordio", "ss --capture"):
         assert chain in proc.stdout.splitlines()[0]
     assert "budgets:" in proc.stdout and str(path) in proc.stdout
