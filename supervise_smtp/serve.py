@@ -41,7 +41,7 @@ import time
 from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
-from supervise_smtp.serve_worker import run_worker
+from supervise_smtp.serve_worker import run_worker, say
 from supervise_smtp.tcpenv import peer_of
 
 __all__ = ["main", "Server", "ACCEPT_BURST", "EMFILE_PAUSE_S"]
@@ -353,7 +353,8 @@ class Server:
             os.close(self.wake_r)
             os.close(self.wake_w)
             code = run_worker(self.cfg, self.log, self.env, fd, addr)
-        except BaseException:  # never back into the parent's loop
+        except BaseException as exc:  # a bug of ours: never back into the parent's loop
+            say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")
             code = 111
         finally:
             os._exit(code)

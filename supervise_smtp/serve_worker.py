@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from supervise_smtp.serve_log import ParentLog
     from supervise_smtp.serve_opts import ServeConfig
 
-__all__ = ["run_worker", "Dropped"]
+__all__ = ["run_worker", "Dropped", "say"]
 
 
 class Dropped(Exception):
@@ -143,7 +143,7 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes]) -> int:
     try:
         status = session.run(cfg.options, cfg.prog, env)
     except TempError as err:
-        _say(f"supervise-smtp: fatal: {err}\n")
+        say(f"supervise-smtp: fatal: {err}\n")
         return EXIT_TEMP
     if status.lost:
         return EXIT_TEMP
@@ -155,7 +155,7 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes]) -> int:
     return status.code or 0
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """cli's fatal message: on fd 2 only if the log pipe takes it within a second."""
     import select
 
