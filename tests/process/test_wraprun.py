@@ -288,3 +288,93 @@ def test_wraprun_cli_exit_codes(wrapper, tmp_path):
     missing = subprocess.run([*wrapper, "wrap-run", str(tmp_path / "nope")],
                              capture_output=True, timeout=30)
     assert missing.returncode == 100 and b"no such file" in missing.stderr
+
+
+# ---------------------------------------------------------------------------
+# The shipped service dirs' SERVE=1 setting: the run script executed with stub
+# programs that print their argv (nothing listens, nothing is bound).
+
+_ARGV_STUB = "#!/bin/sh\nprintf '%s\\n' \"$(basename \"$0\")\" \"$@\"\n"
+
+
+def _run_shipped(suite: str, tmp_path: Path, serve: str | None,
+                 opts: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the shipped ``suite/qmail-smtpd/run`` with its settings and stubs."""
+    import shutil
+
+    svc = tmp_path / suite
+    shutil.copytree(REPO / suite / "qmail-smtpd", svc)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("tcpserver", "supervise-smtp"):
+        (bin_dir / name).write_text(_ARGV_STUB)
+        (bin_dir / name).chmod(0o755)
+    values = {"SUPERVISE_SMTP": str(bin_dir / "supervise-smtp"), "SUPERVISE_SMTP_OPTS": opts,
+              "QMAILDUID": "71", "NOFILESGID": "80", "MAXSMTPD": "7", "IP": "127.0.0.1",
+              "PORT": "2525"}
+    if serve is not None:
+        values["SERVE"] = serve
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    if suite == "runit":
+        with open(svc / "conf", "a") as fh:
+            fh.writelines(f"{k}='{v}'\n" for k, v in values.items())
+    else:
+        for k, v in values.items():
+            (svc / "env" / k).write_text(v + "\n")
+        env["SUPERVISE_SMTP_ENVDIR"] = "./env"  # as after envdir: read them from the env
+        env.update(values)
+        env.update({f.name: f.read_text().strip() for f in (svc / "env").iterdir()
+                    if f.name not in values and f.read_text().strip()})
+    return subprocess.run(["sh", "./run"], cwd=svc, env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+_SUITES = ["daemontools", "runit", "s6"]
+
+
+@pytest.mark.parametrize("suite", _SUITES)
+@pytest.mark.parametrize("serve", [None, "", "0"])
+def test_shipped_run_without_serve_execs_tcpserver(suite, serve, tmp_path):
+    """SERVE unset, empty or 0: today's tcpserver ... supervise-smtp -- softlimit line."""
+    run = _run_shipped(suite, tmp_path, serve)
+    assert run.returncode == 0, run.stderr
+    soft = "s6-softlimit" if suite == "s6" else "softlimit"
+    assert run.stdout.splitlines() == [
+        "tcpserver", "-v", "-R", "-l", "0", "-x", "/etc/tcp.smtp.cdb", "-c", "7", "-u", "71",
+        "-g", "80", "127.0.0.1", "2525", str(tmp_path / "bin" / "supervise-smtp"), "--",
+        soft, "-m", "24000000", "/var/qmail/bin/qmail-smtpd"]
+
+
+@pytest.mark.parametrize("suite", _SUITES)
+def test_shipped_run_serve_1_execs_serve_with_the_same_options(suite, tmp_path):
+    """SERVE=1: supervise-smtp serve, tcpserver's options then the wrapper's, host, port,
+    ``--``, softlimit; exactly what serve's own parser reads as the tcpserver line."""
+    from supervise_smtp.serve_opts import parse_serve
+
+    plain = _run_shipped(suite, tmp_path / "plain", None, "--format json --bare-lf fix")
+    run = _run_shipped(suite, tmp_path / "serve", "1", "--format json --bare-lf fix")
+    assert plain.returncode == 0 and run.returncode == 0, plain.stderr + run.stderr
+    soft = "s6-softlimit" if suite == "s6" else "softlimit"
+    tail = ["--", soft, "-m", "24000000", "/var/qmail/bin/qmail-smtpd"]
+    opts = ["-v", "-R", "-l", "0", "-x", "/etc/tcp.smtp.cdb", "-c", "7", "-u", "71", "-g", "80"]
+    wrapper_opts = ["--format", "json", "--bare-lf", "fix"]
+    argv = run.stdout.splitlines()
+    assert argv == ["supervise-smtp", "serve", *opts, *wrapper_opts, "127.0.0.1", "2525",
+                    *tail]
+    assert plain.stdout.splitlines()[1:] == [
+        *opts, "127.0.0.1", "2525", str(tmp_path / "plain" / "bin" / "supervise-smtp"),
+        *wrapper_opts, *tail]
+    cfg = parse_serve(argv[2:])
+    assert (cfg.verbosity, cfg.remote_info, cfg.local_name, cfg.rules, cfg.limit, cfg.uid,
+            cfg.gid, cfg.host, cfg.port) == (2, False, "0", "/etc/tcp.smtp.cdb", 7, 71, 80,
+                                             "127.0.0.1", "2525")
+    assert cfg.options.format == "json" and cfg.prog == tail[1:]
+
+
+@pytest.mark.parametrize("suite", _SUITES)
+def test_shipped_run_refuses_other_serve_values(suite, tmp_path):
+    """SERVE=yes is neither mode: the run script says so and exits 100, nothing started."""
+    run = _run_shipped(suite, tmp_path, "yes")
+    # exec 2>&1: the message goes to the log service, on stdout here
+    assert run.returncode == 100 and run.stdout.splitlines() == [
+        "qmail-smtpd run: SERVE=yes: set SERVE=1 for supervise-smtp serve, or leave it unset"]
