@@ -4,7 +4,9 @@ The core is pure (text in, text out, warnings list): :mod:`shscript` cuts a
 POSIX sh script into simple commands and words with their offsets,
 :func:`locate` finds the one ``tcpserver ... qmail-smtpd`` command and the
 place where tcpserver's program starts, and :func:`wrap` inserts
-``supervise-smtp [OPTIONS] --`` there.  The script is never executed: ``$VAR``
+``supervise-smtp [OPTIONS] --`` there; with ``--serve``, :func:`to_serve`
+turns the command into ``supervise-smtp serve [tcpserver options] [OPTIONS]
+host port -- prog...``.  The script is never executed: ``$VAR``
 words are resolved only from literal assignments made in the script itself.
 
 The I/O shell (:func:`main`) shows a unified diff and writes only with
@@ -31,6 +33,7 @@ from supervise_smtp.shscript import (
     TCPSERVER_OPTSTRING,
     Command,
     ShellSyntaxError,
+    Word,
     assignments,
     first_program,
     getopt,
@@ -47,6 +50,7 @@ __all__ = [
     "WrapRefused",
     "locate",
     "wrap",
+    "to_serve",
     "main",
     "BACKUP_SUFFIX",
 ]
@@ -167,6 +171,21 @@ def _program_index(cmd: Command, t: int, env: dict[str, str]) -> int:
     tcpserver's options, then host and port.  An unquoted $VAR we know is
     split like the shell would; one we do not know counts as one word.
     """
+    return _operands(cmd, t, env).prog
+
+
+@dataclass(frozen=True)
+class _Operands:
+    """tcpserver's command line cut into options, host, port and program."""
+
+    options: list[str | None]  # option values (None: unknown), "--" included
+    host: int                  # index in cmd.args of the host word
+    prog: int                  # index in cmd.args of the program's first word
+    dashdash: int | None       # index in cmd.args of the word giving "--" before the host
+
+
+def _operands(cmd: Command, t: int, env: dict[str, str]) -> _Operands:
+    """:func:`_program_index`, with where the options end and the host starts."""
     words = cmd.args
     values: list[str | None] = []
     owner: list[int] = []  # the word each value comes from
@@ -196,7 +215,8 @@ def _program_index(cmd: Command, t: int, env: dict[str, str]) -> int:
             (values[prog_v] or "") and _PORTISH.match(values[prog_v] or ""):
         raise WrapRefused(f"line {cmd.line}: cannot tell whether {host_word.text} holds "
                           "tcpserver options or the host: wrap it by hand")
-    return owner[prog_v]
+    dashdash = owner[first - 1] if first > 0 and values[first - 1] == "--" else None
+    return _Operands(values[:first], owner[host], owner[prog_v], dashdash)
 
 
 def _softlimit_before(loc: Location) -> tuple[int, int, list[str]] | None:
@@ -278,10 +298,155 @@ def _single_line(span: str) -> str:
 
 
 # --------------------------------------------------------------------------
+# --serve: tcpserver ... supervise-smtp [OPTS] -- prog  ->
+#          supervise-smtp serve [tcpserver options] [OPTS] host port -- prog
+
+def to_serve(text: str, wrapper: str = "supervise-smtp",
+             options: tuple[str, ...] = ()) -> Result:
+    """Turn the ``tcpserver ... qmail-smtpd`` command into ``supervise-smtp serve``; pure.
+
+    A line without supervise-smtp is wrapped first (:func:`wrap`: a memory
+    softlimit before tcpserver moves after the wrapper part), then tcpserver's
+    word becomes ``WRAPPER serve``, the wrapper's options move before the
+    host, and the wrapper word and its ``--`` leave the program, which keeps
+    a ``--`` in front of it.  Whether serve can carry tcpserver's options is
+    decided by serve's own parser (:func:`serve_opts.parse_serve`).  Raises
+    WrapRefused or ShellSyntaxError.
+    """
+    commands = shell_commands(text)
+    env = assignments(commands)
+    existing = _serve_command(commands, env)
+    if existing is not None:
+        notes = []
+        try:
+            both = locate(text)
+        except WrapRefused:
+            pass
+        else:
+            notes.append(f"line {both.command.line}: a tcpserver line is there too (line "
+                         f"{existing.line} runs serve): the shipped service dirs choose "
+                         "between them with SERVE=1 in ./conf or ./env")
+        return Result(text, False, True, notes, existing.line)
+    wrapped = wrap(text, wrapper, options)
+    notes = list(wrapped.warnings)
+    text = wrapped.text
+    loc = locate(text)
+    words = loc.command.args
+    line = loc.command.line
+    if wrapped.already and options:
+        notes.append(f"line {line}: the options after -- are not used: the line already "
+                     "runs supervise-smtp, whose own options serve takes over")
+    ops = _operands(loc.command, loc.tcpserver, loc.env)
+    _check_serve_options(ops, [], line)  # tcpserver's own options first
+    # the word wrap() just inserted, or the supervise-smtp already there
+    w = loc.prog if not wrapped.already else next(
+        k for k in range(loc.prog, len(words))
+        if loc.name(k) == "supervise-smtp" or words[k].text == "supervise_smtp")
+    if w != loc.prog or words[w].text == "supervise_smtp":
+        before = loc.name(loc.prog) or words[loc.prog].text
+        raise WrapRefused(f"line {line}: {before} runs before supervise-smtp in tcpserver's "
+                          "program: serve would run it after the session starts; convert "
+                          "it by hand")
+    end, chain, wrapper_opts = _wrapper_options(loc, w)
+    _check_serve_options(ops, wrapper_opts, line)
+    edits = [(words[loc.tcpserver].start, words[loc.tcpserver].end, f"{words[w].text} serve"),
+             (words[w].start, words[chain].start, "-- ")]
+    if end > w + 1:
+        moved = _single_line(text[words[w + 1].start:words[end - 1].end]) + " "
+        at = ops.host
+        if ops.dashdash is not None:
+            if words[ops.dashdash].literal != "--":
+                raise WrapRefused(f"line {line}: tcpserver's -- comes from "
+                                  f"{words[ops.dashdash].text}: convert it by hand")
+            at = ops.dashdash
+        edits.append((words[at].start, words[at].start, moved))
+    out = text
+    for start, stop, new in sorted(edits, reverse=True):
+        out = out[:start] + new + out[stop:]
+    return Result(out, True, False, notes, words[loc.tcpserver].line)
+
+
+def _serve_command(commands: list[Command], env: dict[str, str]) -> Command | None:
+    """The command running ``supervise-smtp serve ... qmail-smtpd``, if any."""
+    for cmd in commands:
+        words = cmd.args
+        names = [program_name(w, env) for w in words]
+        if "qmail-smtpd" not in names:
+            continue
+        for k in range(len(words) - 1):
+            if (names[k] == "supervise-smtp" or words[k].text == "supervise_smtp") and \
+                    resolve(words[k + 1], env) == "serve":
+                return cmd
+    return None
+
+
+def _split(words: list[Word], env: dict[str, str]) -> list[tuple[str | None, int]]:
+    """(value, index of its word): a $VAR we know, unquoted, split as the shell would."""
+    out: list[tuple[str | None, int]] = []
+    for k, w in enumerate(words):
+        v = resolve(w, env)
+        if v is not None and w.literal is None and not w.text.startswith('"'):
+            out.extend((part, k) for part in v.split())
+        else:
+            out.append((v, k))
+    return out
+
+
+def _wrapper_options(loc: Location, w: int) -> tuple[int, int, list[str | None]]:
+    """After the supervise-smtp word ``w``: (end of its options, first word of its
+    program, the options' values).
+
+    An unquoted $VAR we cannot resolve counts as options (``$SUPERVISE_SMTP_OPTS``)
+    unless it names a program we know (``$SMTPD``).
+    """
+    from supervise_smtp.options import OPTIONS
+
+    takes_value = {name for row in OPTIONS if row[1] for name in row[0].split(", ")}
+    words = loc.command.args
+    values = _split(words, loc.env)
+    i = next(n for n, (_, k) in enumerate(values) if k > w)
+    while i < len(values) and values[i][1] <= loc.smtpd:
+        v, k = values[i]
+        if v == "--" or (v is None and loc.name(k)) or \
+                (v is not None and (not v.startswith("-") or v == "-")):
+            if any(k2 == k for _, k2 in values[:i] if k2 > w):
+                break  # the options end in the middle of a word
+            opts = [v2 for v2, k2 in values[:i] if k2 > w]
+            return k, k + 1 if v == "--" else k, opts
+        if v is None and not (var_name(words[k]) and not words[k].text.startswith('"')):
+            raise WrapRefused(f"line {words[k].line}: cannot tell whether {words[k].text} "
+                              "is a supervise-smtp option or its program: convert it by hand")
+        i += 2 if v is not None and "=" not in v and v in takes_value else 1
+    raise WrapRefused(f"line {loc.command.line}: cannot find where supervise-smtp's options "
+                      "end: convert it by hand")
+
+
+def _check_serve_options(ops: _Operands, wrapper_opts: list[str | None], line: int) -> None:
+    """Refuse what serve's own parser refuses in tcpserver's options (and the wrapper's).
+
+    Option values we cannot resolve ($VARs set at run time) stand in as "1",
+    which every tcpserver option taking a value accepts.
+    """
+    from supervise_smtp.serve_opts import parse_serve
+
+    options = ["1" if v is None else v for v in ops.options]
+    if options[-1:] == ["--"]:
+        options.pop()
+    if any(v is None for v in wrapper_opts):
+        wrapper_opts = []  # set at run time: the wrapper takes them today, serve alike
+    try:
+        parse_serve([*options, *(v for v in wrapper_opts if v is not None),
+                     "0", "25", "--", "qmail-smtpd"])
+    except UsageError as err:
+        raise WrapRefused(f"line {line}: serve cannot take tcpserver's place here: "
+                          f"{err}") from None
+
+
+# --------------------------------------------------------------------------
 # The I/O shell.
 
-USAGE = ("usage: supervise-smtp wrap-run PATH [--dry-run] [--yes] [--wrapper PROG] "
-         "[-- OPTIONS]")
+USAGE = ("usage: supervise-smtp wrap-run PATH [--serve] [--dry-run] [--yes] "
+         "[--wrapper PROG] [-- OPTIONS]")
 HELP = f"""{USAGE}
 
 Insert supervise-smtp into the qmail-smtpd command of a run script, right
@@ -289,6 +454,10 @@ after tcpserver's host and port (before softlimit, rblsmtpd, fixcrio,
 recordio and qmail-smtpd).  Shows a unified diff first.  The script is read,
 never run.
 
+  --serve         turn the tcpserver command (wrapped or not) into
+                  `supervise-smtp serve [tcpserver options] [OPTIONS] host port
+                  -- prog...`: serve takes tcpserver's place (docs/serve.md);
+                  a tcpserver option serve refuses is a refusal (exit 100)
   --dry-run       show the diff and the notes, write nothing (exit 0)
   -y, --yes       write without asking
   --wrapper PROG  the command to insert (default: supervise-smtp's absolute
@@ -299,15 +468,15 @@ Without --yes, asks on a terminal; with no terminal, prints the diff, writes
 nothing and exits 1.  Writing keeps a backup, PATH{BACKUP_SUFFIX} (then .1,
 .2, ...), and keeps the script's mode and owner.
 
-exit: 0 written, already wrapped, or --dry-run; 1 not written (declined, or
+exit: 0 written, already wrapped (--serve: already serve), or --dry-run; 1 not written (declined, or
 no terminal and no --yes); 100 usage or no safe place to insert (nothing
 written); 111 cannot read or write the files.
 """
 
 
-def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str]]:
+def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str], bool]:
     path: str | None = None
-    dry = yes = False
+    dry = yes = serve = False
     wrapper: str | None = None
     i = 0
     while i < len(args):
@@ -319,6 +488,8 @@ def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str]]:
             raise _Help
         if a == "--dry-run":
             dry = True
+        elif a == "--serve":
+            serve = True
         elif a in ("-y", "--yes"):
             yes = True
         elif a == "--wrapper" or a.startswith("--wrapper="):
@@ -344,7 +515,7 @@ def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str]]:
         from supervise_smtp.cli import parse
 
         parse([*opts, "qmail-smtpd"])  # the options must be valid for the wrapper
-    return path, dry, yes, wrapper, opts
+    return path, dry, yes, wrapper, opts, serve
 
 
 class _Help(Exception):
@@ -406,7 +577,7 @@ def _write_file(path: str, text: str, st: os.stat_result) -> None:
 def main(args: list[str]) -> int:
     """``supervise-smtp wrap-run``: returns the exit code (see HELP)."""
     try:
-        path, dry, yes, wrapper, opts = _parse(args)
+        path, dry, yes, wrapper, opts, serve = _parse(args)
     except _Help:
         sys.stdout.write(HELP)
         return 0
@@ -421,19 +592,22 @@ def main(args: list[str]) -> int:
     except OSError as err:
         raise TempError(f"unable to read {path}: {err.strerror}", err.errno) from err
     try:
-        result = wrap(old, wrapper or _default_wrapper(), tuple(opts))
+        convert = to_serve if serve else wrap
+        result = convert(old, wrapper or _default_wrapper(), tuple(opts))
     except (WrapRefused, ShellSyntaxError) as err:
         raise UsageError(f"{path}: {err}; nothing changed") from None
     for note in result.warnings:
         sys.stderr.write(f"supervise-smtp wrap-run: warning: {path}: {note}\n")
     if result.already:
-        sys.stdout.write(f"{path}: already wrapped (line {result.line}); nothing changed\n")
+        what = "runs supervise-smtp serve" if serve else "wrapped"
+        sys.stdout.write(f"{path}: already {what} (line {result.line}); nothing changed\n")
         return 0
     import difflib
 
     diff = difflib.unified_diff(old.splitlines(keepends=True),
                                 result.text.splitlines(keepends=True),
-                                fromfile=path, tofile=f"{path} (wrapped)")
+                                fromfile=path,
+                                tofile=f"{path} ({'serve' if serve else 'wrapped'})")
     sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
     sys.stdout.flush()
     if dry:

@@ -4,7 +4,9 @@ Each ``tests/fixtures/runscripts/<name>/`` holds ``run`` (the script as found
 in the wild: Life with qmail, notqmail/netqmail docs, runit, qmailtoaster...),
 and either ``expected`` (the script after wrap-run with the wrapper
 ``/usr/local/bin/supervise-smtp``) plus ``warnings`` (one note per line), or
-``refusal`` (a part of the message that must explain why it refused).
+``refusal`` (a part of the message that must explain why it refused).  For
+``wrap-run --serve``, ``expected-serve`` and ``warnings-serve`` (the script
+turned into ``supervise-smtp serve``), or ``refusal-serve``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import pytest
 from supervise_smtp import wraprun
 from supervise_smtp.errors import UsageError
 from supervise_smtp.shscript import ShellSyntaxError, shell_commands
-from supervise_smtp.wraprun import WrapRefused, wrap
+from supervise_smtp.wraprun import WrapRefused, to_serve, wrap
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "runscripts"
 WRAPPER = "/usr/local/bin/supervise-smtp"
 GOOD = sorted(p.name for p in CORPUS.iterdir() if (p / "expected").exists())
 REFUSED = sorted(p.name for p in CORPUS.iterdir() if (p / "refusal").exists())
+SERVE_GOOD = sorted(p.name for p in CORPUS.iterdir() if (p / "expected-serve").exists())
+SERVE_REFUSED = sorted(p.name for p in CORPUS.iterdir() if (p / "refusal-serve").exists())
 
 
 def test_wraprun_corpus_is_big_enough():
@@ -378,3 +382,169 @@ def test_shipped_run_refuses_other_serve_values(suite, tmp_path):
     # exec 2>&1: the message goes to the log service, on stdout here
     assert run.returncode == 100 and run.stdout.splitlines() == [
         "qmail-smtpd run: SERVE=yes: set SERVE=1 for supervise-smtp serve, or leave it unset"]
+
+
+# ---------------------------------------------------------------------------
+# wrap-run --serve: the tcpserver command becomes supervise-smtp serve.
+
+def test_serve_corpus_covers_every_wrappable_script():
+    """Every script wrap-run wraps has its serve form too, and some are refused."""
+    assert set(GOOD) <= set(SERVE_GOOD) and len(SERVE_REFUSED) >= 3
+
+
+@pytest.mark.parametrize("name", SERVE_GOOD)
+def test_serve_corpus_expected_output(name):
+    """Each corpus script, wrapped or not, turns into its ``expected-serve``, with its notes."""
+    result = to_serve((CORPUS / name / "run").read_text(), WRAPPER)
+    assert result.changed and not result.already
+    assert result.text == (CORPUS / name / "expected-serve").read_text()
+    assert result.warnings == (CORPUS / name / "warnings-serve").read_text().splitlines()
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_serve_of_the_wrapped_script_is_the_same(name):
+    """Converting the wrap-run output gives the same serve line as converting the original."""
+    result = to_serve((CORPUS / name / "expected").read_text(), WRAPPER)
+    assert result.text == (CORPUS / name / "expected-serve").read_text()
+
+
+@pytest.mark.parametrize("name", SERVE_GOOD)
+def test_serve_corpus_idempotent_and_sh_n(name):
+    """The serve form parses with ``sh -n``; converting it again changes nothing."""
+    converted = (CORPUS / name / "expected-serve").read_text()
+    result = to_serve(converted, WRAPPER)
+    assert result.already and not result.changed and result.text == converted
+    run = subprocess.run(["sh", "-n", str(CORPUS / name / "expected-serve")],
+                         capture_output=True)
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("name", SERVE_GOOD)
+def test_serve_corpus_line_keeps_tcpservers_options(name):
+    """Right after ``serve`` come tcpserver's options, word for word and in order (as
+    tcpserver's getopt read them), then the wrapper's; serve's parser takes the line."""
+    from supervise_smtp.serve_opts import parse_serve
+    from supervise_smtp.shscript import TCPSERVER_OPTSTRING, assignments, getopt, resolve
+
+    def values_after(text: str, program: str) -> list[str | None]:
+        commands = shell_commands(text)
+        env = assignments(commands)
+        for cmd in commands:
+            names = [resolve(w, env) or "" for w in cmd.args]
+            ks = [k for k, n in enumerate(names) if n.endswith(program) and k > 0 and
+                  names[0] != "echo"]
+            if ks:
+                out: list[str | None] = []
+                for w in cmd.args[ks[0] + 1:]:
+                    v = resolve(w, env)
+                    split = v is not None and w.literal is None and not w.text.startswith('"')
+                    out.extend(v.split() if split and v is not None else [v])
+                return out
+        raise AssertionError(f"no {program} command")
+
+    before = values_after((CORPUS / name / "run").read_text(), "tcpserver")
+    end, _ = getopt(before, 0, TCPSERVER_OPTSTRING)
+    options = before[:end - 1] if before[end - 1:end] == ["--"] else before[:end]
+    after = values_after((CORPUS / name / "expected-serve").read_text(), "serve")
+    assert after[:len(options)] == options
+    if None not in after:
+        parse_serve(after)
+
+
+@pytest.mark.parametrize("name", SERVE_REFUSED)
+def test_serve_corpus_refusals(name):
+    """A tcpserver option serve refuses, or a chain it cannot keep, is refused with the reason."""
+    with pytest.raises(WrapRefused) as err:
+        to_serve((CORPUS / name / "run").read_text(), WRAPPER)
+    assert (CORPUS / name / "refusal-serve").read_text().strip() in str(err.value)
+
+
+@pytest.mark.parametrize("option, why", [
+    ("-s", "TLS (-s) is not supported"),
+    ("-6", "ucspi-tcp6's -6 is not supported"),
+    ("-I eth0", "ucspi-tcp6's -I is not supported"),
+    ("-c 0", "bad value for -c: '0'"),
+    ("-g nofiles", "bad value for -g: 'nofiles'"),
+    ("-b x", "bad value for -b: 'x'"),
+])
+def test_serve_refusals_come_from_serves_own_parser(option, why):
+    """The reason is serve_opts.parse_serve's own message, for each refused option."""
+    import re
+
+    from supervise_smtp.serve_opts import parse_serve
+
+    with pytest.raises(UsageError, match=re.escape(why)):
+        parse_serve([*option.split(), "0", "25", "qmail-smtpd"])
+    with pytest.raises(WrapRefused,
+                       match=re.escape(f"serve cannot take tcpserver's place here: {why}")):
+        to_serve(f"exec tcpserver -v {option} 0 25 supervise-smtp -- qmail-smtpd\n", "W")
+
+
+def test_serve_unknown_values_are_not_refused():
+    """$VAR values set at run time (-c "$MAXSMTPD", -u "$QMAILDUID") are left to serve."""
+    text = 'exec tcpserver -c "$MAXSMTPD" -u "$U" -g "$G" -x$CDB 0 25 qmail-smtpd\n'
+    assert to_serve(text, "W").text == \
+        'exec W serve -c "$MAXSMTPD" -u "$U" -g "$G" -x$CDB 0 25 -- qmail-smtpd\n'
+
+
+@pytest.mark.parametrize("line, serve", [
+    ("tcpserver -v 0 25 qmail-smtpd", "W serve -v 0 25 -- qmail-smtpd"),
+    ("tcpserver -v 0 25 supervise-smtp qmail-smtpd", "supervise-smtp serve -v 0 25 -- qmail-smtpd"),
+    ("tcpserver -v 0 25 supervise-smtp --format=json --linger 2 qmail-smtpd",
+     "supervise-smtp serve -v --format=json --linger 2 0 25 -- qmail-smtpd"),
+    ("tcpserver -b 20 -- 0 25 \"$SUPERVISE_SMTP\" $SUPERVISE_SMTP_OPTS -- \"$SMTPD\"",
+     "\"$SUPERVISE_SMTP\" serve -b 20 $SUPERVISE_SMTP_OPTS -- 0 25 -- \"$SMTPD\""),
+])
+def test_serve_moves_the_wrapper_and_its_options(line, serve):
+    """The wrapper word replaces tcpserver's, its options go before the host (or
+    tcpserver's ``--``), and the program keeps a ``--`` in front."""
+    assert to_serve(f"exec {line}\n", "W").text == f"exec {serve}\n"
+
+
+def test_serve_options_after_dashdash_for_an_unwrapped_line():
+    """``wrap-run --serve PATH -- OPTIONS`` puts the OPTIONS before the host."""
+    result = to_serve("exec tcpserver -v 0 25 qmail-smtpd\n", "W", ("--format", "json"))
+    assert result.text == "exec W serve -v --format json 0 25 -- qmail-smtpd\n"
+    again = to_serve("exec tcpserver -v 0 25 supervise-smtp -- qmail-smtpd\n", "W",
+                     ("--format", "json"))
+    assert again.text == "exec supervise-smtp serve -v 0 25 -- qmail-smtpd\n"
+    assert any("options after -- are not used" in w for w in again.warnings)
+
+
+@pytest.mark.parametrize("suite", _SUITES)
+def test_serve_shipped_service_dirs_say_serve_1(suite):
+    """The shipped run scripts already hold a serve line: nothing to convert, SERVE=1 named."""
+    result = to_serve((REPO / suite / "qmail-smtpd" / "run").read_text(), WRAPPER)
+    assert result.already and not result.changed
+    assert len(result.warnings) == 1 and "SERVE=1" in result.warnings[0]
+
+
+def test_wraprun_main_serve_dry_run_and_yes(script, capsys):
+    """--serve --dry-run shows the diff and writes nothing; --serve --yes writes the
+    serve form with a backup, then says it already runs serve."""
+    assert wraprun.main([str(script), "--serve", "--dry-run", "--wrapper", WRAPPER]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"--- {script}\n+++ {script} (serve)\n")
+    assert f"+exec {WRAPPER} serve -v -R " in out and "moved" in err
+    assert script.read_text() == LWQ and not list(script.parent.glob("*.bak*"))
+    assert wraprun.main([str(script), "--serve", "--yes", "--wrapper", WRAPPER]) == 0
+    assert script.read_text() == (CORPUS / "lwq" / "expected-serve").read_text()
+    assert (script.parent / "run.bak-supervise-smtp").read_text() == LWQ
+    capsys.readouterr()
+    assert wraprun.main([str(script), "--serve", "--yes"]) == 0
+    assert "already runs supervise-smtp serve (line 21)" in capsys.readouterr().out
+    assert not (script.parent / "run.bak-supervise-smtp.1").exists()
+
+
+def test_wraprun_cli_serve_refusal_exits_100(wrapper, tmp_path):
+    """Through the command line: a tcpserver option serve cannot carry is exit 100 with
+    the reason, and the script is untouched."""
+    path = tmp_path / "run"
+    text = (CORPUS / "serve-refuse-ssl" / "run").read_text()
+    path.write_text(text)
+    run = subprocess.run([*wrapper, "wrap-run", "--serve", str(path), "--yes"],
+                         capture_output=True, timeout=30)
+    assert run.returncode == 100, run.stderr
+    assert run.stderr.startswith(b"supervise-smtp wrap-run: fatal: ")
+    assert b"TLS (-s) is not supported" in run.stderr and b"nothing changed" in run.stderr
+    assert path.read_text() == text and os.listdir(tmp_path) == ["run"]
