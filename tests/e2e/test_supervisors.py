@@ -163,6 +163,20 @@ class Service:
     def tcpservers(self) -> list[int]:
         return [p for p, c in marked_processes(self.mark).items() if c == "tcpserver"]
 
+    def serves(self) -> list[int]:
+        """The ``supervise-smtp serve`` parents (not their forked workers)."""
+        found = []
+        for pid in marked_processes(self.mark):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+                parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"serve" in argv and b"serve" not in parent:
+                found.append(pid)
+        return found
+
     def log(self) -> str:
         try:
             return (self.svc / "log" / "main" / "current").read_text("ascii", "replace")
@@ -262,7 +276,7 @@ def service(tmp_path: Path, wrapper: list[str],
     """Factory: the shipped service dir of a suite, configured and started."""
     started: list[Service] = []
 
-    def make(suite: str) -> Service:
+    def make(suite: str, extra: dict[str, str] | None = None) -> Service:
         for binary in ["tcpserver", "tcprules", *BINARIES[suite]]:
             need(binary)
         port = free_port()
@@ -271,6 +285,7 @@ def service(tmp_path: Path, wrapper: list[str],
         svc = scan / "qmail-smtpd"
         shutil.copytree(REPO / suite / "qmail-smtpd", svc, symlinks=True)
         values = _settings(tmp_path, port, _wrapper_program(wrapper, tmp_path))
+        values.update(extra or {})
         log_values = {"LOGUSER": "root", "LOGDIR": "./main"}
         if suite == "runit":
             _write_conf(svc / "conf", values)
@@ -360,6 +375,37 @@ def test_service_dir_restarts_cleanly(service, suite):
     srv = service(suite)
     srv.banner()
     _restarts(srv)
+
+
+def test_runit_service_dir_with_serve_1(service):
+    """SERVE=1 in the shipped runit dir's conf: supervise-smtp serve in tcpserver's place
+    under the real runsv + svlogd; a message is delivered, the session's lines and the
+    parent's (-v) reach svlogd's log, and ``sv down`` stops serve (exit 0)."""
+    srv = service("runit", {"SERVE": "1"})
+    srv.banner()
+    (parent,) = _poll("one serve parent", srv.serves)  # type: ignore[misc]
+    assert srv.tcpservers() == []
+    out = _swaks(srv.port)
+    assert re.search(r"^<-  250 ok \d+ qp \d+", out, re.M), out
+    stamp = STAMPS["runit"]
+    srv.wait_log(rf"^{stamp}event=listen pid={parent} local=127\.0\.0\.1 "
+                 rf"local_port={srv.port} limit=10 ")
+    summary = srv.wait_log(rf"^{stamp}event=summary remote=127\.0\.0\.1 pid=(\d+) "
+                           r"verdict=ok .*\bqueued=yes reply_delivered=yes .*\bexit=0$")
+    worker = summary.group(1)
+    srv.wait_log(rf"^{stamp}event=connect remote=127\.0\.0\.1 pid={worker} ")
+    srv.wait_log(rf"^{stamp}event=child_exit remote=127\.0\.0\.1 pid={worker} .*\bexit=0\b")
+    srv.wait_log(rf"^{stamp}event=end remote=127\.0\.0\.1 pid={worker} status=0 ")
+    assert "tcpserver:" not in srv.log()
+    subprocess.run(["sv", "down", str(srv.svc)], check=True, env=srv.env,
+                   capture_output=True, timeout=10)
+    _poll("serve to stop", lambda: not srv.serves())
+    srv.wait_log(rf"^{stamp}event=stop signal=SIGTERM active=0 ")
+    status = subprocess.run(["sv", "status", str(srv.svc)], env=srv.env, capture_output=True,
+                            text=True, timeout=10)
+    assert status.stdout.startswith("down: "), status.stdout
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
 
 
 def test_wraprun_corpus_script_serves_under_runsv(tmp_path, wrapper, subreaper):
