@@ -41,6 +41,7 @@ import time
 from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
+from supervise_smtp.serve_stats import ServeStats
 from supervise_smtp.serve_worker import run_worker, say
 from supervise_smtp.tcpenv import peer_of
 
@@ -65,6 +66,8 @@ def main(args: list[str]) -> int:
 
             os.write(1, f"supervise-smtp {__version__}\n".encode())
         return 0
+    if cfg.daemon:
+        raise UsageError("--daemon is not there yet")
     _standard_fds()
     family, address = _address(cfg.host, cfg.port)
     _preload(cfg)
@@ -214,6 +217,7 @@ class Server:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self.wake_r, select.POLLIN)
         self.old_handlers: dict[int, object] = {}
+        self.stats = ServeStats(cfg.stats_interval_s)
         self._catch_signals()
 
     def listen(self, sock: socket.socket) -> None:
@@ -225,14 +229,27 @@ class Server:
         cfg = self.cfg
         self.log.status("listen", pid=os.getpid(), local=local[0], local_port=local[1],
                         limit=cfg.limit, backlog=cfg.backlog, prog=cfg.prog[0])
+        trouble = self.stats.start()  # psutil's import, once listening, before the freeze
+        if trouble:
+            self.log.error("serve_error", where="stats", error=trouble)
         gc.collect()
         gc.freeze()
         while not self.stopping:
-            self._wait(None)
+            self._wait(self.stats.next_at)
             self._reap()
+            if self.stats.due(time.monotonic()):
+                self._write_stats()
             if not self.stopping:
                 self._accept()
         return self._stop()
+
+    def _write_stats(self) -> None:
+        try:
+            fields = self.stats.fields(list(self.active))
+        except Exception as err:  # psutil's trouble must not stop the server
+            self.log.error("serve_error", where="stats", error=repr(err)[:200])
+            return
+        self.log.info("serve_stats", **fields)
 
     # -- signals ---------------------------------------------------------------
     def _catch_signals(self) -> None:
@@ -283,6 +300,7 @@ class Server:
             if pid == 0:
                 return
             remote = self.active.pop(pid, None)
+            self.stats.ended(status)
             self.log.status("end", remote=remote, pid=pid, status=status,
                             active=len(self.active), limit=self.cfg.limit)
 
@@ -304,6 +322,7 @@ class Server:
                     self.paused_until = time.monotonic() + EMFILE_PAUSE_S
                     return
                 continue  # ECONNABORTED and the like: that client is gone
+            self.stats.accepted += 1
             self._fork(fd, addr)
 
     def _fork(self, fd: int, addr: tuple[object, ...]) -> None:

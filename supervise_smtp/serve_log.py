@@ -87,6 +87,11 @@ class ParentLog:
         if self.verbosity >= 2:
             self._emit(event, fields)
 
+    def info(self, event: str, **fields: object) -> None:
+        """A periodic report (event=serve_stats): written unless -q, as errors are."""
+        if self.verbosity >= 1:
+            self._emit(event, fields)
+
     def error(self, event: str, **fields: object) -> None:
         """An error or warning: written unless -q, as tcpserver's."""
         if self.verbosity >= 1:

@@ -28,7 +28,8 @@ __all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
 
 USAGE = ("usage: supervise-smtp serve [-1UXpPhHrRoOdDqQv] [-c limit] [-x rules.cdb] "
          "[-B banner] [-g gid] [-u uid] [-b backlog] [-l localname] [-t timeout] "
-         "[--drain S] [wrapper options] host port [--] prog [args...]")
+         "[--drain S] [--stats-interval S] [--daemon [--pidfile F] [--logfile F]] "
+         "[wrapper options] host port [--] prog [args...]")
 
 _TAKES_VALUE = frozenset(c for i, c in enumerate(TCPSERVER_OPTSTRING)
                          if TCPSERVER_OPTSTRING[i + 1:i + 2] == ":")
@@ -45,7 +46,12 @@ _FOREIGN = {
     "n": "TLS certificates (-n) are not supported",
 }
 
-_SERVE_LONG = {"--drain": "S"}  # serve's own long options (with a value)
+# serve's own long options: --name -> (ServeConfig attribute, kind of value).
+_SERVE_LONG = {"--drain": ("drain_s", "seconds"),
+               "--stats-interval": ("stats_interval_s", "seconds"),
+               "--daemon": ("daemon", None),
+               "--pidfile": ("pidfile", "path"),
+               "--logfile": ("logfile", "path")}
 _MAX_DRAIN_S = 86400.0
 
 
@@ -60,7 +66,8 @@ class ServeConfig:
     __slots__ = ("verbosity", "remote_host", "paranoid", "remote_info", "timeout_s",
                  "local_name", "rules", "allow_no_rules", "limit", "backlog", "banner",
                  "uid", "gid", "kill_ip_options", "nodelay", "print_port", "host", "port",
-                 "options", "prog", "drain_s")
+                 "options", "prog", "drain_s", "stats_interval_s", "daemon", "pidfile",
+                 "logfile")
 
     def __init__(self) -> None:
         self.verbosity = 1
@@ -84,6 +91,10 @@ class ServeConfig:
         self.options = Options()
         self.prog: list[str] = []
         self.drain_s = 0.0
+        self.stats_interval_s = 300.0  # event=serve_stats every S seconds; 0: never
+        self.daemon = False  # --daemon: detach (python-daemon), for hosts without a supervisor
+        self.pidfile: str | None = None
+        self.logfile: str | None = None
 
 
 def _number(letter: str, value: str, low: int = 0, high: int = 1 << 32) -> int:
@@ -177,18 +188,29 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
     if name in ("--help", "--version"):
         raise InfoRequested(name)
     if name in _SERVE_LONG:
+        attr, kind = _SERVE_LONG[name]
+        if kind is None:
+            if eq:
+                raise UsageError(f"option {name} takes no value")
+            setattr(cfg, attr, True)
+            return i + 1
         if not eq:
             if i + 1 >= len(args):
                 raise UsageError(f"option {name} needs a value")
             i += 1
             value = args[i]
+        if kind == "path":
+            if not value:
+                raise UsageError(f"bad value for {name}: an empty path")
+            setattr(cfg, attr, value)
+            return i + 1
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
         if not 0 <= seconds <= _MAX_DRAIN_S:
             raise UsageError(f"bad value for {name}: {value}")
-        cfg.drain_s = seconds
+        setattr(cfg, attr, seconds)
         return i + 1
     wrapper.append(args[i])
     if not eq and _wrapper_takes_value(name) and i + 1 < len(args):
@@ -223,6 +245,9 @@ def parse_serve(args: list[str]) -> ServeConfig:
     if not prog:
         raise UsageError("missing prog")
     cfg.options, cfg.prog = parse([*wrapper, "--", *prog])
+    if (cfg.pidfile or cfg.logfile) and not cfg.daemon:
+        raise UsageError("--pidfile and --logfile go with --daemon (a supervisor keeps "
+                         "the pid and the log otherwise)")
     return cfg
 
 
@@ -250,6 +275,14 @@ prog`).  tcpserver's options mean what tcpserver(1) says:
   -v -Q -q     lines: every status line, errors only (default), none
   --drain S    on SIGTERM, wait up to S seconds for running sessions (default 0;
                they finish in any case, as under tcpserver)
+  --stats-interval S
+               an event=serve_stats line every S seconds (default 300; 0: none):
+               connections accepted, denied, active, the parent's RSS and fds,
+               the workers' total USS
+  --daemon [--pidfile F] [--logfile F]
+               detach (umask 022, directory /), write the pid to F, append the
+               lines to F (0600); for hosts without a supervisor, never under
+               daemontools, runit, s6 or systemd
 Wrapper options: see `supervise-smtp --help`.
 
 exit: 100 usage, 111 cannot bind or switch user, 0 after SIGTERM.
