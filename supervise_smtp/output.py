@@ -251,10 +251,20 @@ class Output:
     When the backlog is full a line is dropped and counted in ``dropped``,
     except the summary, which always gets in.  ``close`` waits a bounded time
     for the backlog; what is still there when the process ends is lost.
+
+    ``nonblocking=True`` (serve's workers): ``fd`` is an O_NONBLOCK file
+    description of our own on the log pipe (the resident parent opened it
+    before dropping privileges; fd 2's own description stays blocking).  A
+    line is written at once when the pipe has room -- a write of less than
+    PIPE_BUF goes in whole or not at all -- else it waits in the same bounded
+    backlog for the next line or for ``close``.  No thread: a process that
+    was forked from a warm parent pays no thread start and no handoff.
     """
 
-    def __init__(self, fmt: str = "logfmt", fd: int = 2, background: bool = False) -> None:
+    def __init__(self, fmt: str = "logfmt", fd: int = 2, background: bool = False,
+                 nonblocking: bool = False) -> None:
         self.fd = fd
+        self.nonblocking = nonblocking
         self.format = format_json if fmt == "json" else format_logfmt
         self.base: dict[str, object] = {}
         self.broken = False
@@ -288,6 +298,9 @@ class Output:
         """
         if self.broken:
             return
+        if self.nonblocking:
+            self._write_now(data, force)
+            return
         if not self.background:
             self._write(data)
             return
@@ -319,6 +332,8 @@ class Output:
         after it are dropped.  The writer thread may stay blocked in a write;
         the process ends anyway (os._exit does not wait for it).
         """
+        if self.nonblocking:
+            return self._drain(timeout)
         if self._lock is None or self._no_thread or self._stopped:
             return not self.broken
         with self._lock:
@@ -328,6 +343,60 @@ class Output:
                 self._wake.release()
         self._stopped = bool(self._done.acquire(True, max(timeout, 0.0)))
         return self._stopped and not self.broken
+
+    def _write_now(self, data: bytes, force: bool) -> None:
+        """nonblocking: the backlog first, then ``data``; what does not fit waits."""
+        lines = self._lines
+        if lines:
+            self._flush_some()
+        if not lines and not self.broken:
+            try:
+                os.write(self.fd, data)  # < PIPE_BUF: all or EAGAIN
+                return
+            except BlockingIOError:
+                pass
+            except (OSError, ValueError):
+                self.broken = True
+                return
+        if not force and (len(lines) >= BACKLOG_LINES or self._bytes + len(data) > BACKLOG_BYTES):
+            self.dropped += 1
+            return
+        lines.append(data)
+        self._bytes += len(data)
+
+    def _flush_some(self) -> None:
+        """nonblocking: write backlog lines while the pipe takes them."""
+        lines = self._lines
+        while lines and not self.broken:
+            try:
+                os.write(self.fd, lines[0])
+            except BlockingIOError:
+                return
+            except (OSError, ValueError):
+                self.broken = True
+                lines.clear()
+                self._bytes = 0
+                return
+            self._bytes -= len(lines.pop(0))
+
+    def _drain(self, timeout: float) -> bool:
+        """nonblocking: wait at most ``timeout`` for the pipe to take the backlog."""
+        import select
+        import time
+
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._flush_some()
+        while self._lines and not self.broken:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                select.select([], [self.fd], [], left)
+            except (OSError, ValueError):
+                self.broken = True
+                break
+            self._flush_some()
+        return not self._lines and not self.broken
 
     def _start(self) -> None:
         """Start the writer thread: signals blocked in it, a small stack."""

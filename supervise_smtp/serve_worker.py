@@ -54,11 +54,15 @@ def run_worker(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes], f
     if denied is not None:
         log.status("deny", remote=remote.ip, pid=os.getpid(), **denied)
         return EXIT_USAGE
+    # The parent's own non-blocking description of the log pipe becomes the
+    # session's: its lines then need no writer thread (close-on-exec: the
+    # child never sees it).
+    log_fd, log.own_fd = log.own_fd, None
     log.close()
     os.dup2(conn.fileno(), 0)
     os.dup2(conn.fileno(), 1)
     conn.close()
-    return _session(cfg, env)
+    return _session(cfg, env, log_fd)
 
 
 def _prepare(cfg: ServeConfig, conn: socket.socket, remote: Peer,
@@ -130,7 +134,7 @@ def _rule(cfg: ServeConfig, ip: str, info: str | None, host: str | None) -> Any:
                       error=os.strerror(code) if isinstance(code, int) else str(err)) from err
 
 
-def _session(cfg: ServeConfig, env: dict[bytes, bytes]) -> int:
+def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = None) -> int:
     """The per-connection wrapper's session, then its exit (cli.main's rules)."""
     from supervise_smtp import session
 
@@ -141,7 +145,7 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes]) -> int:
         else:
             os.environb.pop(key, None)
     try:
-        status = session.run(cfg.options, cfg.prog, env)
+        status = session.run(cfg.options, cfg.prog, env, log_fd)
     except TempError as err:
         say(f"supervise-smtp: fatal: {err}\n")
         return EXIT_TEMP

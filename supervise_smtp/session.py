@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from supervise_smtp.diagnose import Facts
     from supervise_smtp.observer import Event, Observer
     from supervise_smtp.options import Options
+    from supervise_smtp.output import Output
     from supervise_smtp.procfs import QueueWatch
     from supervise_smtp.relay import Relay
     from supervise_smtp.scanner import StderrWatch
@@ -49,14 +50,17 @@ ANOMALY_EVENTS = frozenset({
 })
 
 
-def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None) -> ExitStatus:
+def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None,
+        log_fd: int | None = None) -> ExitStatus:
     """Supervise one connection; returns how the child ended (raises TempError: 111).
 
     ``env`` is the child's environment: by default exactly the one we were
     started with (tcpserver's); the resident server passes the one it made
     for this connection.  Our own lines read TCPREMOTEIP and friends from it.
+    ``log_fd``: an O_NONBLOCK description of the log pipe of our own (serve's
+    workers inherit one from the parent), written without a thread.
     """
-    s = Session(opts, argv, env)  # spawn: qmail-smtpd starts while we import the rest
+    s = Session(opts, argv, env, log_fd)  # spawn: qmail-smtpd starts while we import the rest
     s.observe()
     s.relay()
     status = s.watch()
@@ -69,15 +73,16 @@ def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None) -
 class Session:
     """The parts of one connection, by name; each step of ``run`` is a method."""
 
-    __slots__ = ("opts", "started", "env", "base", "child", "stop_signals", "subreaper_error",
-                 "out", "facts", "stderr", "queue", "tap", "link", "fixer")
+    __slots__ = ("opts", "started", "env", "log_fd", "base", "child", "stop_signals",
+                 "subreaper_error", "out", "facts", "stderr", "queue", "tap", "link", "fixer")
 
     def __init__(self, opts: Options, argv: list[str],
-                 env: dict[bytes, bytes] | None = None) -> None:
+                 env: dict[bytes, bytes] | None = None, log_fd: int | None = None) -> None:
         """Spawn first of all; then signals, the output and what watches the child."""
         self.opts = opts
         self.started = time.monotonic()
         self.env = env
+        self.log_fd = log_fd
         self.base: dict[str, object] = {"remote": self._getenv("TCPREMOTEIP"),
                                         "pid": os.getpid()}
         default_sigchld()
@@ -95,9 +100,8 @@ class Session:
         # Imported while the child starts and prints its banner; what only some
         # sessions need (the stderr splitter, /proc) waits until it is needed.
         from supervise_smtp.diagnose import Facts
-        from supervise_smtp.output import Output
 
-        self.out = Output(opts.format, background=True)  # never waits for the log service
+        self.out = self._output()  # never waits for the log service
         self.out.base = self.base
         self.out.emit("connect", _connect_fields(self.child, self._getenv))
         self.facts = Facts()
@@ -113,14 +117,25 @@ class Session:
 
     def _refused(self, err: TempError) -> None:
         """The child could not start: say so in the usual lines (then exit 111)."""
-        from supervise_smtp.output import Output
-
-        out = Output(self.opts.format, background=True)
+        out = self._output()
         out.base = self.base
         out.emit("wrapper_error", where="spawn", error=str(err), errno=err.errno)
         out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
                  duration_ms=self._elapsed_ms(), exit=111)
         out.close(LOG_DRAIN_SECONDS)
+
+    def _output(self) -> Output:
+        """The event lines: never waiting for the log service.
+
+        A pipe (the log service) gets a writer thread, or, in serve's
+        workers, our own non-blocking description of it; a file or /dev/null
+        never blocks a write, so it is written directly, with no thread.
+        """
+        from supervise_smtp.output import Output
+
+        if self.log_fd is not None:
+            return Output(self.opts.format, fd=self.log_fd, nonblocking=True)
+        return Output(self.opts.format, background=not _never_blocks(2))
 
     def _elapsed_ms(self, until: float | None = None) -> int:
         return int(((until or time.monotonic()) - self.started) * 1000)
@@ -400,6 +415,20 @@ def _exit_fields(status: ExitStatus) -> dict[str, object]:
         "signal": signal_name(status.signal) if status.signal is not None else None,
         "core": status.core if status.signal is not None else None,
     }
+
+
+_S_IFMT, _S_IFREG, _S_IFCHR = 0o170000, 0o100000, 0o020000  # no `stat` import: start-up
+_DEV_NULL = os.makedev(1, 3)
+
+
+def _never_blocks(fd: int) -> bool:
+    """fd is a regular file or /dev/null: a write to it never waits for a reader."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    kind = st.st_mode & _S_IFMT
+    return kind == _S_IFREG or (kind == _S_IFCHR and st.st_rdev == _DEV_NULL)
 
 
 def _error_fields(exc: BaseException) -> dict[str, object]:

@@ -235,3 +235,58 @@ def test_no_writer_thread_still_never_blocks(full_pipe, monkeypatch):
     out.emit("summary", verdict="ok", log_dropped=out.dropped)
     line = os.read(full_pipe.r, 4096)
     assert strict.parse(line) == {"event": "summary", "verdict": "ok", "log_dropped": "5"}
+
+
+# -- nonblocking=True: serve's workers, an O_NONBLOCK description of their own --
+
+def _own_nonblocking(fd: int) -> int:
+    """What the resident parent opens: a second, O_NONBLOCK description of the pipe."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def test_nonblocking_output_never_blocks_and_keeps_the_summary(full_pipe):
+    """On a full pipe: emits return, the backlog is bounded, the summary gets in, the
+    pipe's first description stays blocking (the one fd 2 shares with others)."""
+    nb = _own_nonblocking(full_pipe.w)
+    try:
+        out = Output(fd=nb, nonblocking=True)
+
+        def emit_many() -> None:
+            for i in range(200):
+                out.emit("command", verb="NOOP", n=i)
+            out.emit("summary", verdict="ok")
+
+        _returns(emit_many)
+        assert out.dropped == 200 - BACKLOG_LINES
+        assert os.get_blocking(full_pipe.w)
+        assert _returns(lambda: out.close(0.2)) is False  # nobody reads: gives up
+        os.set_blocking(full_pipe.r, False)
+        seen = b""
+        try:
+            while True:
+                seen += os.read(full_pipe.r, 65536)
+        except BlockingIOError:
+            pass
+        assert seen == b"f" * full_pipe.filled  # no part of a line squeezed in
+    finally:
+        os.close(nb)
+
+
+def test_nonblocking_output_drains_in_order_for_a_slow_reader(full_pipe):
+    """A reader that comes back: close() writes the backlog, in order, within its bound."""
+    nb = _own_nonblocking(full_pipe.w)
+    try:
+        out = Output(fd=nb, nonblocking=True)
+        for i in range(10):
+            out.emit("command", n=i)
+        out.emit("summary", verdict="ok")
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(
+            time.sleep(0.2) or _drain(full_pipe.r, b"event=summary", full_pipe.filled)))
+        reader.start()
+        assert _returns(lambda: out.close(LIVENESS_S)) is True
+        reader.join(LIVENESS_S)
+        lines = [strict.parse(x) for x in got[0].splitlines()]
+        assert [x.get("n") for x in lines] == [str(i) for i in range(10)] + [None]
+    finally:
+        os.close(nb)
