@@ -66,11 +66,11 @@ def main(args: list[str]) -> int:
 
             os.write(1, f"supervise-smtp {__version__}\n".encode())
         return 0
-    if cfg.daemon:
-        raise UsageError("--daemon is not there yet")
     _standard_fds()
     family, address = _address(cfg.host, cfg.port)
     _preload(cfg)
+    if cfg.daemon:
+        return _daemon(cfg, family, address)
     server = Server(cfg)  # signals caught before anyone can know our port (-1)
     server.listen(_listen(family, address, cfg.backlog))
     _switch_user(cfg.gid, cfg.uid)
@@ -78,6 +78,27 @@ def main(args: list[str]) -> int:
         os.write(1, b"%d\n" % server.sock.getsockname()[1])
     _null_stdio()
     return server.run()
+
+
+def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
+    """--daemon: bind, detach (serve_daemon.py), then as in the foreground."""
+    from supervise_smtp import serve_daemon
+
+    sock = _listen(family, address, cfg.backlog)
+    if cfg.print_port:
+        os.write(1, b"%d\n" % sock.getsockname()[1])
+    # A SIGTERM as soon as the pidfile is there must stop us through Server's
+    # handler (which removes the pidfile), not kill us: blocked until then.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    context = serve_daemon.detach(sock, cfg.pidfile, cfg.logfile)
+    try:  # in the daemon now: errors go to the log file
+        server = Server(cfg)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        server.listen(sock)
+        _switch_user(cfg.gid, cfg.uid)
+        return server.run()
+    finally:
+        serve_daemon.close(context)
 
 
 def _standard_fds() -> None:

@@ -72,6 +72,8 @@ class ServeStats:
                     self._psutil.ZombieProcess):
                 continue  # ended since: reaped at the next wake-up
         return {"accepted": self.accepted, "denied": self.denied, "active": len(workers),
-                "rss_kb": self._me.memory_info().rss // 1024, "fds": self._me.num_fds(),
+                "rss_kb": self._me.memory_info().rss // 1024,
+                # psutil lists /proc/self/fd with a descriptor of ours: not counted
+                "fds": self._me.num_fds() - 1,
                 "workers": seen, "workers_uss_kb": uss // 1024,
                 "interval_s": self.interval_s}

@@ -95,3 +95,4 @@ def test_parent_rss_and_fds_flat_over_many_connections(tmp_path: Path, need) -> 
     assert growth < 1024, (base, end)
     assert end["fds"] == base["fds"], (base, end)
     assert int(stats[-1]["accepted"]) == soak.done and stats[-1]["active"] == "0"
+    assert int(stats[-1]["fds"]) == end["fds"]  # psutil's count is /proc's
