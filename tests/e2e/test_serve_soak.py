@@ -12,12 +12,14 @@ bench/serve_soak.py, not CI.  The same run writes event=serve_stats lines
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import events
+from helpers import events, recv_until_eof
 
 pytestmark = pytest.mark.e2e
 
@@ -96,3 +98,28 @@ def test_parent_rss_and_fds_flat_over_many_connections(tmp_path: Path, need) -> 
     assert end["fds"] == base["fds"], (base, end)
     assert int(stats[-1]["accepted"]) == soak.done and stats[-1]["active"] == "0"
     assert int(stats[-1]["fds"]) == end["fds"]  # psutil's count is /proc's
+
+
+def test_serve_stats_counts_denied_connections(tmp_path: Path, need) -> None:
+    """denied: the workers the -x rules turned away (exit 100, status 25600)."""
+    need("cc")
+    tcprules = need("tcprules")
+    cdb = tmp_path / "rules.cdb"
+    subprocess.run([tcprules, str(cdb), str(tmp_path / "rules.tmp")],
+                   input=b"127.0.0.1:deny\n", check=True)
+    log = tmp_path / "serve.err"
+    soak = Soak(log, ["--stats-interval", "0.2", "-x", str(cdb)], clients=1)
+    try:
+        for _ in range(3):  # the C client counts a denied session as a failure
+            with socket.create_connection(("127.0.0.1", soak.port), timeout=15) as sock:
+                assert recv_until_eof(sock) == b""
+        soak.quiet_status()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = _stats(log)
+            if stats and stats[-1]["denied"] == "3":
+                break
+            time.sleep(0.1)
+    finally:
+        assert soak.stop() == 0
+    assert stats[-1]["accepted"] == "3" and stats[-1]["denied"] == "3"
