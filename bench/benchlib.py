@@ -60,14 +60,16 @@ class Server:
     a whole chain is measured.
     """
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], front: tuple[str, ...] = ("tcpserver",),
+                 start_s: float = 5.0) -> None:
+        """``front``: the program in tcpserver's place (tcpserver, or supervise-smtp serve)."""
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["tcpserver", "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *argv],
+            [*front, "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + start_s
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -75,7 +77,7 @@ class Server:
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"tcpserver did not start: {argv}")
+        raise RuntimeError(f"{front[-1]} did not start: {argv}")
 
     def session_pid(self, client_port: int) -> int | None:
         """The session process (tcpserver's child) serving our client port."""

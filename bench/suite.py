@@ -45,7 +45,6 @@ from benchlib import (  # noqa: E402
     body,
     build,
     build_sink,
-    free_port,
     machine,
     observer_in_data,
     send_all,
@@ -96,22 +95,8 @@ def chains(sink: str, capture_dir: Path, wrapper: list[str]) -> dict[str, list[s
 class ServeServer(Server):
     """``supervise-smtp serve`` with the options benchlib.Server gives tcpserver."""
 
-    def __init__(self, serve: list[str], prog: list[str]) -> None:  # not Server's: no tcpserver
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [*serve, "-R", "-H", "-l", "0", "-c", "200", "127.0.0.1", str(self.port), *prog],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"serve did not start: {prog}")
+    def __init__(self, serve: list[str], prog: list[str]) -> None:
+        super().__init__(prog, front=tuple(serve), start_s=10.0)
 
     def session_pid(self, client_port: int) -> int | None:
         """The worker (serve's child) whose child has our client port in its environment."""
