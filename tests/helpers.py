@@ -254,6 +254,22 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def fill_pipe(fd: int) -> int:
+    """Fill a pipe until a write would block (a log service that stopped reading);
+    the bytes it took.  The write end is left blocking again, as fd 2 is."""
+    blocking = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    total = 0
+    try:
+        while True:
+            total += os.write(fd, b"f" * 4096)
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, blocking)
+    return total
+
+
 def recv_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
     """Everything the peer sends until it shuts down its side."""
     sock.settimeout(timeout)

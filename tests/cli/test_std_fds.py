@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import events, wrapper_argv
+from helpers import events, fill_pipe, wrapper_argv
 
 from supervise_smtp.output import parse_logfmt
 
@@ -65,13 +65,7 @@ def test_cli_refusal_never_stalls_on_a_full_log_pipe(args):
     """Exiting on a refusal (111, 100) with fd 2 a full pipe nobody reads: the wrapper
     still exits (its lines are dropped), it does not hold a tcpserver slot forever."""
     log_r, log_w = os.pipe()
-    os.set_blocking(log_w, False)
-    try:
-        while True:
-            os.write(log_w, b"x" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(log_w, True)
+    fill_pipe(log_w)
     try:
         proc = subprocess.run([*wrapper_argv(), *args], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=log_w, timeout=TIMEOUT_S)

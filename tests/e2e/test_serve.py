@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ci
-from helpers import events, kill_group, no_core_dumps, recv_until_eof, wrapper_argv
+from helpers import events, fill_pipe, kill_group, no_core_dumps, recv_until_eof, wrapper_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -582,13 +582,7 @@ def test_serve_parent_memory_and_fds_flat(serve, public_dir):
 def test_serve_unread_log_pipe_never_stalls_the_parent(serve, public_dir):
     """fd 2 a full pipe nobody reads: the parent goes on accepting; its lines are dropped."""
     read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    try:
-        while True:
-            os.write(write_end, b"x" * 65536)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write_end, True)
+    fill_pipe(write_end)
     try:
         server = serve(["-v", "-HR", "-l0", "--events", "none"],
                        [script(public_dir, "hello", "echo hi\n")], stderr=write_end)

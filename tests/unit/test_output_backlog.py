@@ -8,7 +8,6 @@ with a generous bound, so a regression fails instead of hanging the suite.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
@@ -17,25 +16,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import strict_logfmt as strict
+from helpers import fill_pipe
 
 from supervise_smtp.output import BACKLOG_BYTES, BACKLOG_LINES, Output
 
 LIVENESS_S = 10.0
-
-
-def _fill(fd: int) -> int:
-    """Fill a pipe until a write would block; the number of bytes it took."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    total = 0
-    try:
-        while True:
-            total += os.write(fd, b"f" * 4096)
-    except BlockingIOError:
-        pass
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)  # blocking again, as fd 2 is
-    return total
 
 
 def _returns(fn: Callable[[], object]) -> object:
@@ -63,7 +48,7 @@ class FullPipe:
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe()
-        self.filled = _fill(self.w)
+        self.filled = fill_pipe(self.w)
         self.outputs: list[Output] = []
 
     def output(self) -> Output:
