@@ -324,5 +324,6 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
                  "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.observer.tls",
                  "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
                  "json", "re", "subprocess", "argparse", "psutil",
-                 "supervise_smtp.rules", "cdblib"):
+                 "supervise_smtp.rules", "cdblib", "daemon", "prometheus_client",
+                 "supervise_smtp.serve", "supervise_smtp.serve_stats"):
         assert lazy not in loaded, lazy
