@@ -485,6 +485,8 @@ def test_serve_ipv6_loopback(serve, public_dir):
 def test_serve_dual_stack_ipv4_client_is_plain_tcp(serve, public_dir):
     """On ::, an IPv4 client is PROTO=TCP with plain IPv4 addresses (not ::ffff:...)."""
     if not _has_ipv6_loopback():
+        if in_ci():
+            pytest.fail("no IPv6 loopback in CI")
         pytest.skip("no IPv6")
     server = serve(["-HR", "-l", "0"], [script(public_dir, "show-env", SHOW_ENV)], host="::")
     with socket.create_connection(("127.0.0.1", server.port), timeout=START_S) as sock:
