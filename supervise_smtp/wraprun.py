@@ -246,12 +246,14 @@ def wrap(text: str, wrapper: str = "supervise-smtp", options: tuple[str, ...] = 
         warnings.append(
             f"line {line}: recordio is still in the chain (left in place): it logs every "
             "byte, message bodies and AUTH secrets included, and breaks TLS; remove it "
-            "once supervise-smtp's events are enough (a redacted --capture is planned)")
+            "once supervise-smtp's events are enough (--capture DIR keeps redacted, TLS-safe "
+            "transcripts of the connections you choose)")
     if "fixcrio" in chain:
         warnings.append(
             f"line {line}: fixcrio is still in the chain (left in place): it rewrites bare "
             "LF silently, so supervise-smtp never sees a bare-LF session; remove it to "
-            "let the events name the broken mailers (a logged --bare-lf fix is planned)")
+            "let the events name the broken mailers (--bare-lf fix rewrites bare LF as fixcrio "
+            "does, inside DATA only, and logs each message it fixed)")
     if loc.wrapped:
         return Result(text, False, True, warnings, line)
 
