@@ -2,7 +2,7 @@
 
 Everything the session saw is gathered in ``Facts``; ``diagnose(facts)``
 decides.  The verdict names are an API (docs/verdicts.md): never rename one.
-Precedence, first that applies (DESIGN.md "Verdicts"):
+Precedence, first that applies (docs/design.md, "Verdicts"):
 
   wrapper_error, stopped, server_crashed, bare_lf, timeout, tls_failed,
   queue_perm_fail, queue_temp_fail, client_lost_after_<stage>, rejected, ok

@@ -1,4 +1,4 @@
-"""One connection, in the five steps of DESIGN.md: spawn, relay, observe, watch, diagnose.
+"""One connection, in the steps of docs/design.md: spawn, relay, observe, watch, diagnose.
 
 This wires the parts together and decides nothing itself: process spawns and
 reaps, relay moves bytes, the tap shows them to the SMTP observer, scanner and
