@@ -40,6 +40,7 @@ subcommands (each with --help):
                                     connection, the same session and lines
   supervise-smtp wrap-run PATH      insert supervise-smtp into a run script
   supervise-smtp check-service DIR  sanity-check a qmail-smtpd service dir
+  supervise-smtp report [FILES...]  pflogsumm-style report of the summary lines
 
 exit: 100 usage, 111 cannot start prog (or fd 0/1 closed), else prog's own status.
 """
@@ -85,6 +86,7 @@ SUBCOMMANDS = {
     "wrap-run": "supervise_smtp.wraprun",
     "check-service": "supervise_smtp.checkservice",
     "serve": "supervise_smtp.serve",
+    "report": "supervise_smtp.report",
 }
 
 
