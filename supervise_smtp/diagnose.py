@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["VERDICTS", "STAGES", "Facts", "diagnose", "client_lost"]
+__all__ = ["VERDICTS", "STAGES", "HOST_CAP", "Facts", "diagnose", "client_lost", "sender_domain"]
 
 STAGES = tuple(s for s in OBSERVER_STAGES if s != STAGE_QUIT)  # after QUIT, not lost
 
@@ -35,6 +35,10 @@ def client_lost(stage: str) -> str:
 VERDICTS = ("ok", "bare_lf", "timeout", "queue_temp_fail", "queue_perm_fail", "rejected",
             "tls_failed", "server_crashed", "wrapper_error", "unknown", "stopped",
             *(client_lost(s) for s in STAGES))
+
+# helo_name= and mail_from_domain= are cut here: a DNS name is at most 253
+# octets, and an address literal ([IPv6:...]) fits too.
+HOST_CAP = 255
 
 # Counted verbs, in summary order; "data" is messages accepted / DATA sent.
 _VERBS = ("ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset",
@@ -50,7 +54,7 @@ class Facts:
         "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
-        "stopped_by", "reply_acked",
+        "stopped_by", "reply_acked", "helo_name", "mail_from_domain",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -82,6 +86,8 @@ class Facts:
     reply_acked: bool | None  # the client's TCP acknowledged the reply to '.' (asked
     # only when that reply went out after the client's EOF); None: not asked or no answer
     stopped_by: list[str] | None  # TERM/HUP/INT we received and passed on (SIGTERM...)
+    helo_name: bytes | None  # the argument of the last EHLO/HELO
+    mail_from_domain: bytes | None  # the domain of the last MAIL FROM (never its local part)
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -107,7 +113,12 @@ class Facts:
         when the observer is later dropped.
         """
         name = ev.NAME
-        if name == "reply":
+        if name == "command":
+            if ev.verb == "EHLO" or ev.verb == "HELO":
+                self.helo_name = ev.args
+            elif ev.verb == "MAIL" and ev.address is not None:
+                self.mail_from_domain = sender_domain(ev.address)
+        elif name == "reply":
             if ev.command in ("DATA_END", "BDAT_LAST"):
                 self.end_replies.append((ev.code, ev.text or b""))
             elif ev.code >= 400 and ev.command is not None:
@@ -123,6 +134,18 @@ class Facts:
         elif name == "tls_alert":
             if self.tls_alert is None and ev.level == "fatal":
                 self.tls_alert = (ev.level, ev.description, ev.direction)
+
+
+def sender_domain(address: bytes) -> bytes | None:
+    """The domain of a MAIL FROM address, lower-cased: after its last ``@``.
+
+    Never the local part: an address without ``@`` (``<>``, ``postmaster``)
+    has no domain to log.
+    """
+    at = address.rfind(b"@")
+    if at < 0:
+        return None
+    return address[at + 1:].strip().lower() or None
 
 
 def _reply_text(code: int | None, text: bytes | None) -> bytes | None:
@@ -274,6 +297,12 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
         fields["stopped_by"] = _stopped(f)
     if st is not None:
         fields.update(_counts(st))
+    for key in ("helo_name", "mail_from_domain"):  # whom to tell about a broken mailer
+        value = getattr(f, key)
+        if value:
+            fields[key] = value[:HOST_CAP]
+            if len(value) > HOST_CAP:
+                fields["truncated"] = True
     fields["bytes_in"] = f.bytes_in
     fields["bytes_out"] = f.bytes_out
     if st is not None:

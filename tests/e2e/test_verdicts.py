@@ -417,7 +417,9 @@ def test_verdict_client_lost_after_data_end(tcpserver, wrapper, tmp_path):
     assert len(stored) == 1, stored
     check_fields(summary, "in stage data_end before QUIT", verdict="client_lost_after_data_end",
            stage="data_end", ehlo=1, mail=1, rcpt=1, data=1, commands=4, queued="yes",
-           reply_delivered="no", queue_pid=stored[0], queue_exit=0, queue=ABSENT, exit=1)
+           reply_delivered="no", queue_pid=stored[0], queue_exit=0, queue=ABSENT, exit=1,
+           helo_name="client.test", mail_from_domain="example.com")
+    assert "e2e@" not in str(summary), "the sender's local part is never logged"
     assert re.fullmatch(rf"250 ok \d+ qp {stored[0]}", summary["last_reply"]), summary
     assert status == 256
 

@@ -357,3 +357,43 @@ def test_diagnose_lost_exit_status_is_a_wrapper_error():
     assert verdict == "wrapper_error"
     assert "exit status was lost" in fields["reason"]
 
+
+
+def test_diagnose_summary_names_helo_and_sender_domain_only():
+    """helo_name= is the last EHLO/HELO argument, mail_from_domain= the sender's domain only."""
+    steps = (BANNER + HELO + [("C", b"EHLO Mail.Broken.example\r\n"), ("S", b"250 mx\r\n"),
+                              ("C", b"MAIL FROM:<John.Doe@Broken.Example> SIZE=12\r\n"),
+                              ("S", b"250 ok\r\n")] + QUIT)
+    _, fields = judge(steps, exit_code=0)
+    assert fields["helo_name"] == b"Mail.Broken.example"  # as sent: a name, not an address
+    assert fields["mail_from_domain"] == b"broken.example"
+    keys = list(fields)
+    assert keys.index("commands") < keys.index("helo_name") < keys.index("bytes_in")
+    assert not any(b"john" in v.lower() for v in fields.values() if isinstance(v, bytes))
+
+
+@pytest.mark.parametrize("sender, domain", [
+    (b"<>", None), (b"<postmaster>", None), (b'<"a@b"@c.example>', b"c.example"),
+    (b"<@relay.example:u@d.example>", b"d.example"), (b"<user@>", None),
+])
+def test_diagnose_sender_domain_is_after_the_last_at(sender, domain):
+    """Bounces, bare local parts, quoted and source-routed paths: only a real domain is kept."""
+    steps = BANNER + HELO + [("C", b"MAIL FROM:" + sender + b"\r\n"), ("S", b"250 ok\r\n")]
+    _, fields = judge(steps + QUIT, exit_code=0)
+    assert fields.get("mail_from_domain") == domain
+
+
+def test_diagnose_helo_and_domain_are_capped_and_marked_truncated():
+    """A 400-byte EHLO name is cut to HOST_CAP bytes and the summary says truncated."""
+    from strict_logfmt import parse
+
+    from supervise_smtp.diagnose import HOST_CAP
+    from supervise_smtp.output import format_logfmt
+
+    steps = BANNER + [("C", b"EHLO " + b"h\x1b" * 200 + b"\r\n"), ("S", b"250 mx\r\n")] + QUIT
+    verdict, fields = judge(steps, exit_code=0)
+    assert len(fields["helo_name"]) == HOST_CAP and fields["truncated"] is True
+    line = parse(format_logfmt({"event": "summary", "verdict": verdict, **fields}))
+    assert line["helo_name"].startswith("h\\x1bh") and line["truncated"] == "true"
+    _, plain = judge(BANNER + HELO + QUIT, exit_code=0)
+    assert "truncated" not in plain and plain["helo_name"] == b"c.example"
