@@ -108,6 +108,31 @@ class Server:
         return usage
 
 
+def parent_fds(pid: int) -> list[str]:
+    """The open descriptors of serve's parent, without its workers' control sockets.
+
+    Each live worker (busy or idle, up to --spare-workers of them wait) has a
+    SOCK_SEQPACKET socket in the parent: how many there are depends on the
+    moment, not on a leak.  Nothing else of the parent is a SEQPACKET socket.
+    """
+    seqpacket = set()
+    with open("/proc/net/unix") as table:
+        next(table)
+        for row in table:
+            cols = row.split()
+            if len(cols) >= 7 and cols[4] == "0005":
+                seqpacket.add(f"socket:[{cols[6]}]")
+    own = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target not in seqpacket:
+            own.append(fd)
+    return sorted(own, key=int)
+
+
 def vm_hwm_kib(pid: int | None) -> int | None:
     """Peak resident set of a live process, from /proc (VmHWM)."""
     if pid is None:

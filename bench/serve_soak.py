@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import build, build_sink, wrapper_command  # noqa: E402
+from benchlib import build, build_sink, parent_fds, wrapper_command  # noqa: E402
 
 __all__ = ["Soak", "parent_status", "main"]
 
@@ -103,14 +103,26 @@ class Soak:
         return time.monotonic() - start
 
     def quiet_status(self, timeout: float = 30.0) -> dict[str, int]:
-        """The parent's status once every worker has ended and been reaped."""
+        """The parent's status once no session runs and its workers are settled.
+
+        Idle workers stay (--spare-workers), each with its control socket in
+        the parent: ``fds_own`` counts the parent's descriptors without those.
+        """
         deadline = time.monotonic() + timeout
-        while children(self.pid):
+        last: list[int] | None = None
+        while True:
+            workers = sorted(children(self.pid))
+            busy = any(children(w) for w in workers)
+            if not busy and workers == last:
+                break
             if time.monotonic() > deadline:
-                raise RuntimeError("workers still running")
-            time.sleep(0.05)
-        time.sleep(0.1)  # the last SIGCHLD's reap and end line
-        return parent_status(self.pid)
+                raise RuntimeError(f"sessions still running: {workers}")
+            last = None if busy else workers
+            time.sleep(0.2)  # a retiring worker is gone and reaped by then
+        status = parent_status(self.pid)
+        status["workers"] = len(workers)
+        status["fds_own"] = len(parent_fds(self.pid))
+        return status
 
     def stop(self) -> int:
         """SIGTERM, and the exit status."""
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         soak.blast(args.warmup)
         base = soak.quiet_status()
-        print(f"warm-up {soak.done} connections: rss_kb={base['rss_kb']} fds={base['fds']}",
+        print(f"warm-up {soak.done} connections: rss_kb={base['rss_kb']} fds={base['fds_own']}",
               flush=True)
         done0, t0 = soak.done, time.monotonic()
         while soak.done - done0 < args.count:
@@ -146,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             now = soak.quiet_status()
             rate = (soak.done - done0) / (time.monotonic() - t0)
             print(f"{soak.done - done0:>7} connections: rss_kb={now['rss_kb']} "
-                  f"(+{now['rss_kb'] - base['rss_kb']}) fds={now['fds']} "
+                  f"(+{now['rss_kb'] - base['rss_kb']}) fds={now['fds_own']} "
                   f"failures={soak.failures} {rate:.0f} conn/s", flush=True)
         growth = now["rss_kb"] - base["rss_kb"]
-        flat = growth < 1024 and now["fds"] == base["fds"] and not soak.failures
-        print(f"growth: rss_kb={growth} fds={now['fds'] - base['fds']} "
+        flat = growth < 1024 and now["fds_own"] == base["fds_own"] and not soak.failures
+        print(f"growth: rss_kb={growth} fds={now['fds_own'] - base['fds_own']} "
               f"failures={soak.failures}: {'flat' if flat else 'NOT FLAT'}")
         return 0 if flat else 1
     finally:

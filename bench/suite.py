@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -47,6 +48,7 @@ from benchlib import (  # noqa: E402
     build_sink,
     machine,
     observer_in_data,
+    parent_fds,
     send_all,
     vm_hwm_kib,
     wrapper_command,
@@ -64,7 +66,7 @@ class Sizes:
         self.reps = 1 if quick else 3
         self.banner_n = 5 if quick else 60
         self.session_n = 3 if quick else 20
-        self.cpu_n = 3 if quick else 40
+        self.cpu_n = 30 if quick else 200
         self.rate_clients = (1, 4) if quick else (1, 4, 16)
         self.rate_seconds = 0.25 if quick else 2.0
         self.raw_bytes = 2 * MB if quick else 100 * MB
@@ -119,7 +121,7 @@ class ServeServer(Server):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-        return {"rss_kb": rss, "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+        return {"rss_kb": rss, "fds": len(parent_fds(pid))}
 
 
 def _children(pid: int) -> list[int]:
@@ -226,13 +228,30 @@ def cpu_ms_per_session(name: str, cmd: list[str], sink: str, n: int) -> float:
     """User+sys CPU of the whole chain (tcpserver or serve, and all it reaped) per session."""
     srv = start_server(name, cmd, sink)
     try:
+        session_ms(srv)  # warm: serve's own start-up is not a session's cost
+        time.sleep(0.3)
+        before = chain_cpu_s(srv.proc.pid)
         for _ in range(n):
             session_ms(srv)
         time.sleep(0.3)  # let tcpserver reap the last session
+        after = chain_cpu_s(srv.proc.pid)
     finally:
-        usage = srv.stop()
-    assert usage is not None
-    return (usage.ru_utime + usage.ru_stime) * 1000 / (n + 1)  # +1: the start-up probe
+        srv.stop()
+    return (after - before) * 1000 / n
+
+
+def chain_cpu_s(pid: int, depth: int = 0) -> float:
+    """User+sys seconds of pid, of every child it has reaped and of its live
+    children (serve's reused workers live on), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    total = (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+    if depth == 0:
+        total += sum(chain_cpu_s(child, 1) for child in _children(pid))
+    return total
 
 
 def observer_alone(megabytes: int) -> float:

@@ -42,10 +42,10 @@ from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
 from supervise_smtp.serve_stats import ServeStats
-from supervise_smtp.serve_worker import run_worker, say
+from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
 from supervise_smtp.tcpenv import peer_of
 
-__all__ = ["main", "Server", "ACCEPT_BURST", "EMFILE_PAUSE_S"]
+__all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S"]
 
 ACCEPT_BURST = 16  # connections accepted per wake-up before reaping again
 EMFILE_PAUSE_S = 0.1  # out of descriptors: stop accepting this long, not spin
@@ -230,7 +230,10 @@ class Server:
         self.cfg = cfg
         self.log = ParentLog(cfg.options.format, cfg.verbosity)
         self.env = dict(original_environ())  # each worker's starts from this
-        self.active: dict[int, str] = {}  # worker pid -> remote address
+        self.active: dict[int, str] = {}  # pid of a worker in a session -> remote address
+        self.workers: dict[int, Worker] = {}  # every worker not yet reaped, by pid
+        self.by_fd: dict[int, Worker] = {}  # the parent's end of each control socket
+        self.idle: list[Worker] = []  # ready for a connection; the last one is the warmest
         self.stopping = 0  # the signal that stops us
         self.listening = False  # the listening socket is in the poll set
         self.paused_until = 0.0  # out of descriptors: no accept until then
@@ -255,6 +258,7 @@ class Server:
             self.log.error("serve_error", where="stats", error=trouble)
         gc.collect()
         gc.freeze()
+        self._spare()
         while not self.stopping:
             self._wait(self.stats.next_at)
             self._reap()
@@ -266,7 +270,7 @@ class Server:
 
     def _write_stats(self) -> None:
         try:
-            fields = self.stats.fields(list(self.active))
+            fields = self.stats.fields(len(self.active), list(self.workers))
         except Exception as err:  # psutil's trouble must not stop the server
             self.log.error("serve_error", where="stats", error=repr(err)[:200])
             return
@@ -292,7 +296,7 @@ class Server:
 
     # -- the loop --------------------------------------------------------------
     def _wait(self, deadline: float | None) -> None:
-        """Poll the wakeup pipe, and the listening socket while there is room."""
+        """Poll the wakeup pipe, the workers, and the listening socket while there is room."""
         now = time.monotonic()
         want = (not self.stopping and len(self.active) < self.cfg.limit
                 and now >= self.paused_until)
@@ -310,9 +314,50 @@ class Server:
         for fd, _ in self.poller.poll(ms):
             if fd == self.wake_r:
                 self._drain_wakeups()
+            elif fd in self.by_fd:
+                self._hear(self.by_fd[fd])
+
+    def _hear(self, worker: Worker) -> None:
+        """What a worker said: a session's end (its status), or EOF (it is exiting)."""
+        while worker.ctl is not None:
+            try:
+                msg = worker.ctl.recv(64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                self._unlink(worker)
+                return
+            if msg.startswith(DONE + b" ") and msg[2:].isdigit() and worker.pid in self.active:
+                self._ended(worker, int(msg[2:]))
+
+    def _ended(self, worker: Worker, status: int) -> None:
+        """A session is over, with the wait status its own process would have had."""
+        remote = self.active.pop(worker.pid, None)
+        self.stats.ended(status)
+        worker.served += 1
+        self.log.status("end", remote=remote, pid=worker.pid, status=status,
+                        active=len(self.active), limit=self.cfg.limit)
+        if worker.ctl is None or self.stopping or worker.served >= self.cfg.worker_sessions \
+                or len(self.idle) >= self.cfg.spare_workers:
+            self._unlink(worker)  # EOF ends it (one at its last session ends by itself)
+        else:
+            self.idle.append(worker)
+
+    def _unlink(self, worker: Worker) -> None:
+        """No more connections for this worker: our end of its control socket closed."""
+        if worker.ctl is not None:
+            fd = worker.ctl.fileno()
+            self.poller.unregister(fd)
+            del self.by_fd[fd]
+            worker.ctl.close()
+            worker.ctl = None
+        if worker in self.idle:
+            self.idle.remove(worker)
 
     def _reap(self) -> None:
-        """Every finished worker, each with its raw wait status (tcpserver's ``status S``)."""
+        """Every finished worker; one that died in a session ends it with its raw status."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -320,10 +365,18 @@ class Server:
                 return
             if pid == 0:
                 return
-            remote = self.active.pop(pid, None)
-            self.stats.ended(status)
-            self.log.status("end", remote=remote, pid=pid, status=status,
-                            active=len(self.active), limit=self.cfg.limit)
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            self._hear(worker)  # a last "done" may be waiting behind its exit
+            self._unlink(worker)
+            if pid in self.active:  # crashed or killed in a session: tcpserver's view
+                remote = self.active.pop(pid)
+                self.stats.ended(status)
+                self.log.status("end", remote=remote, pid=pid, status=status,
+                                active=len(self.active), limit=self.cfg.limit)
+            elif status:
+                self.log.error("worker_lost", pid=pid, status=status, served=worker.served)
 
     def _accept(self) -> None:
         """Accept while there is room (at most ACCEPT_BURST), a worker for each."""
@@ -344,26 +397,68 @@ class Server:
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             self.stats.accepted += 1
-            self._fork(fd, addr)
+            try:
+                self._hand(fd, addr)
+            finally:
+                os.close(fd)
 
-    def _fork(self, fd: int, addr: tuple[object, ...]) -> None:
+    def _hand(self, fd: int, addr: tuple[object, ...]) -> None:
+        """The connection to an idle worker (a new one if none is): its fd goes over."""
+        message = [b"C " + encode_addr(addr)]
+        while True:
+            fresh = not self.idle
+            try:
+                worker = self.idle.pop() if self.idle else self._fork()
+            except OSError as err:
+                self.log.error("drop", remote=str(addr[0]), where="fork", error=err.strerror,
+                               errno=err.errno)
+                return
+            assert worker.ctl is not None
+            try:
+                socket.send_fds(worker.ctl, message, [fd],
+                                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                break
+            except OSError as err:  # an idle worker that died: the next one, or a new one
+                self._unlink(worker)
+                if fresh:
+                    self.log.error("drop", remote=str(addr[0]), where="hand",
+                                   error=err.strerror, errno=err.errno)
+                    return
+        self.active[worker.pid] = peer_of(addr).ip
+        if len(self.active) == self.cfg.limit:
+            self.log.status("limit", active=len(self.active), limit=self.cfg.limit)
+
+    def _spare(self) -> None:
+        """The idle workers, forked before the first client needs one."""
+        while len(self.idle) < self.cfg.spare_workers and not self.stopping:
+            try:
+                self.idle.append(self._fork())
+            except OSError as err:
+                self.log.error("serve_error", where="fork", error=err.strerror, errno=err.errno)
+                return
+
+    def _fork(self) -> Worker:
+        """A new worker, waiting on its control socket (OSError when fork fails)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         gc.freeze()  # objects made since the last fork join the shared ones
         try:
             pid = os.fork()
-        except OSError as err:
+        except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(fd)
-            self.log.error("drop", remote=str(addr[0]), where="fork", error=err.strerror,
-                           errno=err.errno)
-            return
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
-            self._become_worker(mask, fd, addr)
+            ours.close()
+            self._become_worker(mask, theirs)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(fd)
-        self.active[pid] = peer_of(addr).ip
-        if len(self.active) == self.cfg.limit:
-            self.log.status("limit", active=len(self.active), limit=self.cfg.limit)
+        theirs.close()
+        worker = Worker(pid, ours)
+        self.workers[pid] = worker
+        self.by_fd[ours.fileno()] = worker
+        self.poller.register(ours.fileno(), select.POLLIN)
+        return worker
 
     def _stop(self) -> int:
         """Stop accepting; with --drain, wait for the running sessions first."""
@@ -371,6 +466,8 @@ class Server:
             self.poller.unregister(self.sock.fileno())
             self.listening = False
         self.sock.close()
+        for worker in list(self.idle):
+            self._unlink(worker)  # idle workers end now; busy ones after their session
         self.log.status("stop", signal=signal.Signals(self.stopping).name,
                         active=len(self.active), drain_s=self.cfg.drain_s)
         deadline = time.monotonic() + self.cfg.drain_s
@@ -380,8 +477,7 @@ class Server:
         return 0
 
     # -- in the worker -----------------------------------------------------------
-    def _become_worker(self, mask: set[int | signal.Signals], fd: int,
-                       addr: tuple[object, ...]) -> None:
+    def _become_worker(self, mask: set[int | signal.Signals], ctl: socket.socket) -> None:
         """Right after fork: the parent's signals and descriptors undone; never returns."""
         code = 111
         try:
@@ -392,9 +488,23 @@ class Server:
             self.sock.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            code = run_worker(self.cfg, self.log, self.env, fd, addr)
+            for other in self.workers.values():  # else they would never see our EOF
+                if other.ctl is not None:
+                    other.ctl.close()
+            code = serve_loop(self.cfg, self.log, self.env, ctl, self.cfg.worker_sessions)
         except BaseException as exc:  # a bug of ours: never back into the parent's loop
             say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")
             code = 111
         finally:
             os._exit(code)
+
+
+class Worker:
+    """A forked worker as the parent sees it: its pid and its control socket."""
+
+    __slots__ = ("pid", "ctl", "served")
+
+    def __init__(self, pid: int, ctl: socket.socket) -> None:
+        self.pid = pid
+        self.ctl: socket.socket | None = ctl  # None once we closed our end
+        self.served = 0

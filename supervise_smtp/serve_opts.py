@@ -28,7 +28,8 @@ __all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
 
 USAGE = ("usage: supervise-smtp serve [-1UXpPhHrRoOdDqQv] [-c limit] [-x rules.cdb] "
          "[-B banner] [-g gid] [-u uid] [-b backlog] [-l localname] [-t timeout] "
-         "[--drain S] [--stats-interval S] [--daemon [--pidfile F] [--logfile F]] "
+         "[--drain S] [--stats-interval S] [--worker-sessions N] [--spare-workers N] "
+         "[--daemon [--pidfile F] [--logfile F]] "
          "[wrapper options] host port [--] prog [args...]")
 
 _TAKES_VALUE = frozenset(c for i, c in enumerate(TCPSERVER_OPTSTRING)
@@ -49,10 +50,13 @@ _FOREIGN = {
 # serve's own long options: --name -> (ServeConfig attribute, kind of value).
 _SERVE_LONG = {"--drain": ("drain_s", "seconds"),
                "--stats-interval": ("stats_interval_s", "seconds"),
+               "--worker-sessions": ("worker_sessions", "count"),
+               "--spare-workers": ("spare_workers", "count"),
                "--daemon": ("daemon", None),
                "--pidfile": ("pidfile", "path"),
                "--logfile": ("logfile", "path")}
 _MAX_DRAIN_S = 86400.0
+_MAX_COUNT = 1_000_000
 
 
 class ServeConfig:
@@ -67,7 +71,7 @@ class ServeConfig:
                  "local_name", "rules", "allow_no_rules", "limit", "backlog", "banner",
                  "uid", "gid", "kill_ip_options", "nodelay", "print_port", "host", "port",
                  "options", "prog", "drain_s", "stats_interval_s", "daemon", "pidfile",
-                 "logfile")
+                 "logfile", "worker_sessions", "spare_workers")
 
     def __init__(self) -> None:
         self.verbosity = 1
@@ -95,6 +99,8 @@ class ServeConfig:
         self.daemon = False  # --daemon: detach (python-daemon), for hosts without a supervisor
         self.pidfile: str | None = None
         self.logfile: str | None = None
+        self.worker_sessions = 100  # connections a worker serves before a fresh one takes over
+        self.spare_workers = 4  # idle workers kept ready
 
 
 def _number(letter: str, value: str, low: int = 0, high: int = 1 << 32) -> int:
@@ -204,6 +210,13 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
                 raise UsageError(f"bad value for {name}: an empty path")
             setattr(cfg, attr, value)
             return i + 1
+        if kind == "count":
+            low = 1 if attr == "worker_sessions" else 0
+            if not (value.isdigit() and value.isascii() and low <= int(value) <= _MAX_COUNT):
+                raise UsageError(f"bad value for {name}: {value!r} "
+                                 f"(a number from {low} to {_MAX_COUNT})")
+            setattr(cfg, attr, int(value))
+            return i + 1
         try:
             seconds = float(value)
         except ValueError:
@@ -279,6 +292,12 @@ prog`).  tcpserver's options mean what tcpserver(1) says:
                an event=serve_stats line every S seconds (default 300; 0: none):
                connections accepted, denied, active, the parent's RSS and fds,
                the workers' total USS
+  --worker-sessions N
+               connections a worker serves, one after the other, before it
+               exits and a fresh fork takes over (default 100; 1: a new
+               worker per connection)
+  --spare-workers N
+               idle workers kept ready for the next connections (default 4)
   --daemon [--pidfile F] [--logfile F]
                detach (umask 022, directory /), write the pid to F, append the
                lines to F (0600); for hosts without a supervisor, never under

@@ -6,8 +6,9 @@
 accepted and denied count since start: accepted every connection taken off
 the listening socket, denied every worker that ended with the rules' deny
 status (exit 100, tcpserver's ``status 25600``).  rss_kb and fds are the
-parent's own; workers_uss_kb is the sum of the live workers' USS (memory
-that is theirs alone: what stopping them would free), read from their
+parent's own; active is the sessions running, workers the worker processes
+(busy and idle), workers_uss_kb the sum of their USS (memory that is
+theirs alone: what stopping them would free), read from their
 /proc/PID/smaps_rollup by psutil.
 
 psutil costs 20-55 ms to import: it is imported here, in the resident
@@ -58,7 +59,7 @@ class ServeStats:
     def due(self, now: float) -> bool:
         return self.next_at is not None and now >= self.next_at
 
-    def fields(self, workers: list[int]) -> dict[str, object]:
+    def fields(self, active: int, workers: list[int]) -> dict[str, object]:
         """The line's fields now; the next deadline is one interval from now."""
         assert self._me is not None and self.next_at is not None
         self.next_at = time.monotonic() + self.interval_s
@@ -71,7 +72,7 @@ class ServeStats:
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied,
                     self._psutil.ZombieProcess):
                 continue  # ended since: reaped at the next wake-up
-        return {"accepted": self.accepted, "denied": self.denied, "active": len(workers),
+        return {"accepted": self.accepted, "denied": self.denied, "active": active,
                 "rss_kb": self._me.memory_info().rss // 1024,
                 # psutil lists /proc/self/fd with a descriptor of ours: not counted
                 "fds": self._me.num_fds() - 1,

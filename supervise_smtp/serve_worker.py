@@ -8,13 +8,28 @@ denied connection is logged (``event=deny`` under -v) and the worker exits
 100; a rules file that cannot be read drops the connection with 111, and so
 does a missing one unless -X.  Otherwise the connection becomes fds 0 and 1
 and the session of the per-connection wrapper runs, with the environment
-built here; the worker then ends exactly as the wrapper's process would.
+built here.
+
+A worker serves up to ``--worker-sessions`` connections, one at a time,
+then exits (``serve_loop``): the parent hands it each accepted connection
+over a control socket and hears back, per session, the raw wait status the
+per-connection wrapper's process would have ended with (the child's exit
+code << 8, the child's signal, 111 << 8 when it could not run, 100 << 8
+when the rules deny), which is what the parent logs as tcpserver's
+``end PID status S``.  Between sessions the worker is back as it was
+forked: the wrapper's signal dispositions, fds 0 and 1 on /dev/null, no
+child left (an orphan the session's subreaper adopted is reaped).  A fresh
+fork per connection costs ~1 ms of fork and exit plus copy-on-write faults
+on every page the session touches (~3 ms here); a reused worker pays them
+once.  A worker that crashes mid-session costs that one connection only:
+the parent logs its real wait status instead.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 
 from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError
@@ -28,7 +43,9 @@ if TYPE_CHECKING:
     from supervise_smtp.serve_log import ParentLog
     from supervise_smtp.serve_opts import ServeConfig
 
-__all__ = ["run_worker", "Dropped", "say"]
+__all__ = ["serve_loop", "run_worker", "Dropped", "say", "encode_addr", "DONE"]
+
+DONE = b"D"  # a worker's message: b"D <status>" at the end of each session
 
 
 class Dropped(Exception):
@@ -41,28 +58,96 @@ class Dropped(Exception):
             self.fields.update(error=err.strerror or str(err), errno=err.errno)
 
 
+def encode_addr(addr: tuple[object, ...]) -> bytes:
+    """The client's address as accept() gave it, for the control socket."""
+    return " ".join(str(part) for part in addr).encode()
+
+
+def _decode_addr(data: bytes) -> tuple[object, ...]:
+    host, port, *rest = data.decode().split(" ")
+    return (host, int(port), *(int(x) for x in rest))
+
+
+def serve_loop(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes],
+               ctl: socket.socket, sessions: int) -> int:
+    """Serve the connections the parent sends, at most ``sessions``; the exit code.
+
+    The parent ends an idle worker by closing its end of ``ctl`` (EOF here).
+    A session that raised (a bug of ours) is reported as 111 and ends the
+    worker: what it left behind is not carried into another connection.
+    """
+    dispositions = {sig: signal.getsignal(sig) for sig in _SESSION_SIGNALS}
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    served = 0
+    while served < sessions:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 512, 1)
+        except OSError:
+            return 0
+        if not msg:
+            return 0  # the parent retired us, or is gone
+        if not fds:
+            continue
+        failed = False
+        try:
+            status = run_worker(cfg, log, base_env, fds[0], _decode_addr(msg[2:]))
+        except Exception as exc:
+            say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")
+            status, failed = EXIT_TEMP << 8, True
+        for sig, handler in dispositions.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        os.dup2(null, 0)  # the client's connection is closed here, before the parent hears
+        os.dup2(null, 1)
+        _reap_orphans()
+        served += 1
+        try:
+            ctl.send(DONE + b" %d" % status, socket.MSG_NOSIGNAL)
+        except OSError:
+            return 0
+        if failed:
+            return EXIT_TEMP
+    return 0
+
+
+# What a session changes and the next one must find as the worker started.
+_SESSION_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM,
+                    signal.SIGCHLD)
+
+
+def _reap_orphans() -> None:
+    """Children the session left (adopted under --subreaper): none may stay a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def run_worker(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes], fd: int,
                addr: tuple[object, ...]) -> int:
-    """The worker's exit code (or its death by the child's signal)."""
+    """One connection, start to end: the raw wait status tcpserver would see."""
     remote = peer_of(addr)
     conn = socket.socket(fileno=fd)
     try:
         env, denied = _prepare(cfg, conn, remote, base_env)
     except Dropped as drop:
+        conn.close()
         log.error("drop", remote=remote.ip, pid=os.getpid(), **drop.fields)
-        return EXIT_TEMP
+        return EXIT_TEMP << 8
     if denied is not None:
+        conn.close()
         log.status("deny", remote=remote.ip, pid=os.getpid(), **denied)
-        return EXIT_USAGE
-    # The parent's own non-blocking description of the log pipe becomes the
-    # session's: its lines then need no writer thread (close-on-exec: the
-    # child never sees it).
-    log_fd, log.own_fd = log.own_fd, None
-    log.close()
+        return EXIT_USAGE << 8
     os.dup2(conn.fileno(), 0)
     os.dup2(conn.fileno(), 1)
     conn.close()
-    return _session(cfg, env, log_fd)
+    # The parent's own non-blocking description of the log pipe is the
+    # session's too: its lines then need no writer thread (close-on-exec:
+    # the child never sees it).
+    return _session(cfg, env, log.own_fd)
 
 
 def _prepare(cfg: ServeConfig, conn: socket.socket, remote: Peer,
@@ -135,7 +220,7 @@ def _rule(cfg: ServeConfig, ip: str, info: str | None, host: str | None) -> Any:
 
 
 def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = None) -> int:
-    """The per-connection wrapper's session, then its exit (cli.main's rules)."""
+    """The per-connection wrapper's session; its process's wait status (cli.main's rules)."""
     from supervise_smtp import session
 
     for key in (b"PROTO", b"TCPLOCALIP", b"TCPLOCALPORT", b"TCPLOCALHOST", b"TCPREMOTEIP",
@@ -148,15 +233,12 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = Non
         status = session.run(cfg.options, cfg.prog, env, log_fd)
     except TempError as err:
         say(f"supervise-smtp: fatal: {err}\n")
-        return EXIT_TEMP
+        return EXIT_TEMP << 8
     if status.lost:
-        return EXIT_TEMP
+        return EXIT_TEMP << 8
     if status.signal is not None:
-        from supervise_smtp.process import die_like
-
-        die_like(status.signal)
-        return 128 + status.signal
-    return status.code or 0
+        return status.signal  # as the wrapper dying like its child (no core)
+    return (status.code or 0) << 8
 
 
 def say(text: str) -> None:

@@ -31,6 +31,10 @@ import pytest
 from conftest import in_ci
 from helpers import events, fill_pipe, kill_group, no_core_dumps, recv_until_eof, wrapper_argv
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from benchlib import parent_fds  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 
 _TCPSERVER_END = re.compile(r"^tcpserver: end (\d+) status (\d+)$", re.M)
@@ -93,15 +97,18 @@ class Listener:
             sock.shutdown(socket.SHUT_WR)
             return recv_until_eof(sock)
 
-    def ends(self) -> dict[int, int]:
-        """{pid: raw wait status} of every connection that ended so far."""
+    def ends(self) -> list[tuple[int, int]]:
+        """(pid, raw wait status) of every connection that ended so far, in order.
+
+        serve's workers serve several connections each: a pid may come again.
+        """
         text = self.log()
         if self.kind == "tcpserver":
-            return {int(p): int(s) for p, s in _TCPSERVER_END.findall(text)}
-        return {int(e["pid"]): int(e["status"]) for e in events(text) if e["event"] == "end"}
+            return [(int(p), int(s)) for p, s in _TCPSERVER_END.findall(text)]
+        return [(int(e["pid"]), int(e["status"])) for e in events(text) if e["event"] == "end"]
 
-    def end_statuses(self, count: int = 1, timeout: float = START_S) -> dict[int, int]:
-        """At least ``count`` ends (waits for them): {pid: status}."""
+    def end_statuses(self, count: int = 1, timeout: float = START_S) -> list[tuple[int, int]]:
+        """At least ``count`` ends (waits for them): [(pid, status)]."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.ends()
@@ -200,7 +207,7 @@ def env_of_both(both: Callable[..., tuple[Listener, Listener]], opts: list[str],
     ts, sv = both(["-v", *opts], [prog], env=env)  # -v: the end lines
     got = ts.talk(), sv.talk()
     assert ts.end_statuses(1) and sv.end_statuses(1)
-    assert list(ts.ends().values()) == list(sv.ends().values()) == [0]
+    assert [s for _, s in ts.ends()] == [s for _, s in sv.ends()] == [0]
     return got
 
 
@@ -394,7 +401,7 @@ def test_serve_limit_defers_the_next_client(both, public_dir):
         for n, sock in ((2, second), (3, third)):
             sock.sendall(b"%d\n" % n)
             assert recv_until_eof(sock) == b"bye %d\n" % n
-        assert sorted(server.end_statuses(3).values()) == [0, 0, 0]
+        assert sorted(s for _, s in server.end_statuses(3)) == [0, 0, 0]
         if server.kind == "serve":
             assert "event=limit" in server.log()
 
@@ -511,7 +518,7 @@ def test_serve_worker_killed_does_not_stop_the_parent(serve, public_dir):
         assert sock.recv(10) == b"hi\n"
         worker = _worker_of(server)
         os.kill(worker, signal.SIGKILL)
-        assert server.end_statuses(1)[worker] == signal.SIGKILL
+        assert (worker, signal.SIGKILL) in server.end_statuses(1)
         recv_until_eof(sock)
     with server.connect() as sock:
         assert sock.recv(10) == b"hi\n"
@@ -548,7 +555,7 @@ def test_serve_drain_waits_for_sessions(serve, public_dir):
         assert server.proc.poll() is None
         sock.sendall(b"done\n")
         assert server.proc.wait(timeout=START_S) == 0
-    assert server.ends() == {worker: 0}
+    assert server.ends() == [(worker, 0)]
 
 
 def test_serve_sighup_and_sigalrm_are_not_fatal(serve, public_dir):
@@ -573,11 +580,11 @@ def test_serve_parent_memory_and_fds_flat(serve, public_dir):
     for _ in range(50):
         assert server.talk() == b"hi\n"
     server.end_statuses(50)
-    rss, fds = _rss_kb(server.pid), sorted(os.listdir(f"/proc/{server.pid}/fd"))
+    rss, fds = _rss_kb(server.pid), parent_fds(server.pid)
     for _ in range(200):
         assert server.talk() == b"hi\n"
     server.end_statuses(250)
-    assert sorted(os.listdir(f"/proc/{server.pid}/fd")) == fds
+    assert parent_fds(server.pid) == fds
     assert _rss_kb(server.pid) - rss < 1024, (rss, _rss_kb(server.pid))
 
 

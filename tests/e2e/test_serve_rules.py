@@ -75,8 +75,8 @@ def compare(ts: Listener, sv: Listener, sources: list[str]) -> list[tuple[bytes,
         status = []
         for server, seen in zip((ts, sv), before, strict=True):
             ends = server.end_statuses(len(seen) + 1)
-            [new] = set(ends) - set(seen)
-            status.append(ends[new])
+            [(_, new)] = ends[len(seen):]
+            status.append(new)
         assert status[0] == status[1], (source, ts.log(), sv.log())
         out.append((b, status[1]))
     return out

@@ -42,7 +42,7 @@ def test_serve_stats_lines_count_connections(tmp_path: Path, need) -> None:
     soak = Soak(log, ["--stats-interval", "0.2"], clients=2)
     try:
         soak.blast(1, chunk_s=0.5)
-        soak.quiet_status()
+        quiet = soak.quiet_status()
         seen = len(_stats(log))
         deadline = time.monotonic() + 10
         while len(_stats(log)) < seen + 2 and time.monotonic() < deadline:
@@ -51,9 +51,11 @@ def test_serve_stats_lines_count_connections(tmp_path: Path, need) -> None:
     finally:
         assert soak.stop() == 0
     assert int(last["accepted"]) == soak.done > 0
-    assert last["denied"] == "0" and last["active"] == "0" and last["workers"] == "0"
+    # the idle workers wait for the next clients; each has memory of its own
+    assert last["denied"] == "0" and last["active"] == "0"
+    assert int(last["workers"]) == quiet["workers"] > 0
     assert int(last["rss_kb"]) > 1000 and int(last["fds"]) >= 3
-    assert int(last["workers_uss_kb"]) == 0
+    assert int(last["workers_uss_kb"]) > 0
     assert float(last["interval_s"]) == 0.2
     busy = [e for e in _stats(log) if int(e["workers"]) > 0]
     for line in busy:  # a line taken while workers ran reports their memory
@@ -95,9 +97,10 @@ def test_parent_rss_and_fds_flat_over_many_connections(tmp_path: Path, need) -> 
     assert soak.done - warm >= COUNT
     growth = end["rss_kb"] - base["rss_kb"]
     assert growth < 1024, (base, end)
-    assert end["fds"] == base["fds"], (base, end)
+    assert end["fds_own"] == base["fds_own"], (base, end)
     assert int(stats[-1]["accepted"]) == soak.done and stats[-1]["active"] == "0"
-    assert int(stats[-1]["fds"]) == end["fds"]  # psutil's count is /proc's
+    # psutil's count is /proc's; each worker has its control socket in the parent
+    assert int(stats[-1]["fds"]) - int(stats[-1]["workers"]) == end["fds_own"]
 
 
 def test_serve_stats_counts_denied_connections(tmp_path: Path, need) -> None:

@@ -120,7 +120,7 @@ def run_both(tmp_path: Path, need: Callable[[str], str],
             server = Listener(kind, OPTS, prog, tmp_path, env=env)
             started.append(server)
             scenario(server)
-            [(pid, status)] = server.end_statuses(1).items()
+            [(pid, status)] = server.end_statuses(1)
             lines = [e for e in events(server.log()) if e.get("pid") == str(pid)
                      and e["event"] != "end"]
             assert lines[-1]["event"] == "summary", server.log()
