@@ -41,6 +41,9 @@ subcommands (each with --help):
   supervise-smtp wrap-run PATH      insert supervise-smtp into a run script
   supervise-smtp check-service DIR  sanity-check a qmail-smtpd service dir
   supervise-smtp report [FILES...]  pflogsumm-style report of the summary lines
+  supervise-smtp collect [--textfile PATH] [--listen ADDR:PORT] -- logger...
+                                    log-stage filter: lines on to the logger
+                                    unchanged, Prometheus counters from them
 
 exit: 100 usage, 111 cannot start prog (or fd 0/1 closed), else prog's own status.
 """
@@ -87,6 +90,7 @@ SUBCOMMANDS = {
     "check-service": "supervise_smtp.checkservice",
     "serve": "supervise_smtp.serve",
     "report": "supervise_smtp.report",
+    "collect": "supervise_smtp.collect",
 }
 
 
