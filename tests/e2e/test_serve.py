@@ -622,3 +622,95 @@ def test_per_connection_wrapper_never_imports_serve(tmp_path):
                    "supervise_smtp.tcpenv", "supervise_smtp.tcpdns", "supervise_smtp.rules",
                    "supervise_smtp.shscript"):
         assert module not in loaded, module
+
+
+# ---------------------------------------------------------------- reused workers
+
+
+def _fd_links(pid: int) -> list[str]:
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}:{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            continue
+    return out
+
+
+def test_serve_worker_sessions_then_a_fresh_worker(serve, public_dir):
+    """--worker-sessions 3: a worker serves three connections, then a new one takes over;
+    between sessions the worker holds nothing of the last one (fds as before it)."""
+    server = serve(["-v", "-HR", "-l0", "--worker-sessions", "3", "--spare-workers", "1"],
+                   [script(public_dir, "hello", "echo hi\n")])
+    assert server.talk() == b"hi\n"
+    [(first, _)] = server.end_statuses(1)
+    fds = _fd_links(first)
+    for done in range(2, 8):
+        assert server.talk() == b"hi\n"
+        server.end_statuses(done)
+        if done == 2:
+            assert _fd_links(first) == fds  # no client socket, pipe or pidfd left behind
+    pids = [pid for pid, _ in server.ends()]
+    assert pids[:3] == [first] * 3 and first not in pids[3:]
+    assert len(set(pids[3:6])) == 1 and pids[6] != pids[3]
+    assert [s for _, s in server.ends()] == [0] * 7
+    deadline = time.monotonic() + START_S
+    while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
+        time.sleep(0.01)  # it exits by itself after its third session, and serve reaps it
+    assert not os.path.exists(f"/proc/{first}")
+
+
+def test_serve_worker_sessions_1_is_a_fork_per_connection(serve, public_dir):
+    server = serve(["-v", "-HR", "-l0", "--worker-sessions", "1"],
+                   [script(public_dir, "hello", "echo hi\n")])
+    for done in range(1, 5):
+        assert server.talk() == b"hi\n"
+        server.end_statuses(done)
+    assert len({pid for pid, _ in server.ends()}) == 4
+
+
+def test_serve_idle_worker_killed_is_replaced(serve, public_dir):
+    """An idle worker killed from outside: logged (worker_lost), the next client is served."""
+    server = serve(["-v", "-HR", "-l0", "--spare-workers", "1"],
+                   [script(public_dir, "hello", "echo hi\n")])
+    assert server.talk() == b"hi\n"
+    [(worker, _)] = server.end_statuses(1)
+    os.kill(worker, signal.SIGKILL)
+    server.wait_for(rf"^event=worker_lost pid={worker} status=9 served=1$")
+    assert server.talk() == b"hi\n"
+    [_, (second, status)] = server.end_statuses(2)
+    assert second != worker and status == 0
+
+
+def test_serve_sigterm_ends_idle_workers(serve, public_dir):
+    """SIGTERM: the parent exits and its idle workers with it; nothing is left running."""
+    server = serve(["-v", "-HR", "-l0", "--spare-workers", "3"],
+                   [script(public_dir, "hello", "echo hi\n")])
+    assert server.talk() == b"hi\n"
+    server.end_statuses(1)
+    workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    assert len(workers) == 3
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=START_S) == 0
+    deadline = time.monotonic() + START_S
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_running(w) for w in workers)
+
+
+def _running(pid: int | str) -> bool:
+    """Alive and not a zombie (whoever adopted it may not reap at once)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("args", [["--worker-sessions", "0"], ["--spare-workers", "x"],
+                                  ["--worker-sessions"]])
+def test_serve_worker_options_bad_values_exit_100(args):
+    run = subprocess.run([*wrapper_argv(), "serve", *args, "127.0.0.1", "0", "true"],
+                         capture_output=True, timeout=30)
+    assert run.returncode == 100
+    assert args[0].encode() in run.stderr

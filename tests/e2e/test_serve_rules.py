@@ -99,6 +99,9 @@ def test_serve_rules_match_tcpserver(both, public_dir, rules_cdb):
     assert b"TCPLOCALHOST=overridden" in got["127.0.1.1"][0]
     assert b"WHO=empty rule" in got["127.1.1.1"][0]
     assert "event=deny remote=127.0.0.2 " in sv.log()
+    # one reused worker served every source, 127.0.0.3's RELAYCLIENT and all:
+    # nothing of one connection's environment reached the next
+    assert len({pid for pid, _ in sv.ends()}) == 1, sv.log()
 
 
 def test_serve_rules_by_name_and_ident_match_tcpserver(both, public_dir, rules_cdb, fake_dns,

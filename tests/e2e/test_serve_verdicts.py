@@ -150,3 +150,52 @@ def test_serve_verdict_same_as_wrapper(run_both, scenario):
         assert _comparable(b) == _comparable(a)
     assert served_status == wrapped_status
     assert served[-1]["verdict"] != "unknown"
+
+
+def _sessions(log: str) -> list[list[dict[str, str]]]:
+    """The session lines of a log, cut at each event=connect (sessions one after another)."""
+    out: list[list[dict[str, str]]] = []
+    for line in events(log):
+        if line["event"] == "connect":
+            out.append([])
+        if out and line["event"] != "end":
+            out[-1].append(line)
+    return out
+
+
+def test_one_worker_plays_every_scenario_like_fresh_wrappers(tmp_path, need, wrapper):
+    """One worker serves all the scenarios in a row: each session is what a fresh
+    wrapper makes of it, nothing carried over (signals after ``stopped``, state
+    after a crash, a bare LF or a lost client), each status that of its own process."""
+    need("tcpserver")
+    order = [crashed, stopped, bare_lf, lost_in_body, rejected, ok]  # crashed reads the 1st child
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = double_env(tmp_path, FAKE_QUEUE_DIR=str(spool))
+    expected = []
+    for scenario in order:
+        server = Listener("tcpserver", OPTS, [*wrapper, "--", SMTPD], tmp_path, env=env)
+        try:
+            scenario(server)
+            [(_, status)] = server.end_statuses(1)
+            [lines] = _sessions(server.log())
+            expected.append((lines, status))
+        finally:
+            server.stop()
+    server = Listener("serve", [*OPTS, "--spare-workers", "1"], [SMTPD], tmp_path, env=env)
+    try:
+        for done, scenario in enumerate(order, 1):
+            scenario(server)
+            server.end_statuses(done)  # the worker is idle again before the next client
+        ends = server.ends()
+        got = _sessions(server.log())
+    finally:
+        server.stop()
+    assert len({pid for pid, _ in ends}) == 1, ends  # one worker served them all
+    assert len(got) == len(order)
+    for (want, want_status), lines, (_, status), scenario in zip(expected, got, ends, order,
+                                                               strict=True):
+        assert [e["event"] for e in lines] == [e["event"] for e in want], scenario.__name__
+        for a, b in zip(want, lines, strict=True):
+            assert _comparable(b) == _comparable(a), scenario.__name__
+        assert status == want_status, scenario.__name__
