@@ -307,3 +307,27 @@ def test_metrics_write_textfile_is_atomic_and_0644(tmp_path):
     with pytest.raises(OSError):
         m.write_textfile(str(tmp_path / "dir.prom"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.prom", "supervise_smtp.prom"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 3000), max_size=8))
+def test_metrics_collect_counts_the_same_however_reads_cut_the_lines(cuts):
+    """collect's counting of a stream does not depend on where reads cut its lines."""
+    from supervise_smtp.collect import Counting
+
+    stream = b"".join([
+        b"tcpserver: status: 1/20\n", format_logfmt(BARE_LF), b"\xff junk\n",
+        format_json(QUEUED), b"event=summary verdict=\"ok\n", format_logfmt(CRASHED),
+    ])
+    whole, pieces = Metrics(), Metrics()
+    Counting(whole).feed(stream)
+    counting = Counting(pieces)
+    prev = 0
+    for c in sorted({c for c in cuts if c < len(stream)}) + [len(stream)]:
+        counting.feed(stream[prev:c])
+        assert counting.mid_line == (stream[c - 1:c] != b"\n")
+        prev = c
+    counting.feed(b"")
+    assert samples(whole) == samples(pieces)
+    assert nonzero(whole)[("supervise_smtp_summaries_unreadable_total", ())] == 1
+    assert nonzero(whole)[("supervise_smtp_session_duration_seconds_count", ())] == 3
