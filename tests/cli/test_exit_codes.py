@@ -327,5 +327,7 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
                  "supervise_smtp.rules", "cdblib", "daemon", "prometheus_client",
                  "supervise_smtp.serve", "supervise_smtp.serve_stats",
                  "supervise_smtp.metrics", "supervise_smtp.metrics_record",
-                 "supervise_smtp.metrics_http", "supervise_smtp.collect"):
+                 "supervise_smtp.metrics_http", "supervise_smtp.collect",
+                 "supervise_smtp.checkservice", "supervise_smtp.checkservice_run",
+                 "supervise_smtp.service_settings", "supervise_smtp.service_host"):
         assert lazy not in loaded, lazy
