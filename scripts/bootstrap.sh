@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-APT_PACKAGES="ucspi-tcp swaks libnet-ssleay-perl libio-socket-ssl-perl exim4-daemon-light daemontools runit s6 gcc python3-venv procps groff-base openssl"
+APT_PACKAGES="ucspi-tcp swaks libnet-ssleay-perl libio-socket-ssl-perl exim4-daemon-light daemontools runit s6 gcc python3-venv procps groff-base openssl prometheus"
 
 missing=
 for p in $APT_PACKAGES; do
@@ -18,6 +18,19 @@ if [ -n "$missing" ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   # runit's postinst may try to talk to an init that is not there: harmless.
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # prometheus is here for promtool and a server the tests start themselves; its
+  # postinst starts and enables a Prometheus on :9090 where init allows it (not
+  # behind a policy-rc.d that says no, as in containers): stop and disable it.
+  case " $missing " in
+  *" prometheus "*)
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+      $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+      $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+    ;;
+  esac
 fi
 
 PY=${PYTHON:-python3}

@@ -94,7 +94,7 @@ the event=summary lines as Prometheus metrics.  At least one of:
 
   --textfile PATH     write the metrics to PATH (node_exporter's textfile
                       collector), atomically, mode 0644
-  --interval S        ... every S seconds when something changed (default 15)
+  --interval S        ... every S seconds (default 15)
   --listen ADDR:PORT  serve them at http://ADDR:PORT/metrics (IPv4, [IPv6],
                       or :PORT for every address)
 
@@ -220,19 +220,17 @@ class Counting:
 
 
 class Textfile:
-    """The --textfile: written when due, one warning per run of failures."""
+    """The --textfile: rewritten every interval, changed or not (its mtime says collect
+    is alive: the shipped SuperviseSmtpTextfileStale rule), one warning per run of failures."""
 
     def __init__(self, path: str, interval: float) -> None:
         self.path = path
         self.interval = interval
         self.due = 0.0  # monotonic time of the next write
-        self.written_generation = -1
         self.failing = False
 
     def maybe_write(self, metrics: Metrics, now: float, force: bool = False) -> None:
-        generation = metrics.generation
-        if not force and (now < self.due or generation == self.written_generation
-                          and not self.failing):
+        if not force and now < self.due:
             return
         self.due = now + self.interval
         try:
@@ -246,7 +244,6 @@ class Textfile:
         if self.failing:
             _warn(f"info: wrote {self.path} again")
         self.failing = False
-        self.written_generation = generation
 
 
 class Collect:

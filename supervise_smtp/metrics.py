@@ -60,7 +60,6 @@ class Metrics:
 
     def __init__(self, serve: bool = False) -> None:
         reg = self.registry = CollectorRegistry(auto_describe=True)
-        self.generation = 0  # bumped by every change: has anything moved since a write?
         self._partial = b""  # observe_record: a record cut by a read, waiting for its end
         self._skipping = False  # ... or the rest of an over-long one, to be dropped
         self.connections = Counter(
@@ -124,7 +123,6 @@ class Metrics:
 
     def observe_tally(self, t: Tally) -> None:
         """Count one connection's Tally."""
-        self.generation += 1
         self.connections.labels(t.verdict, t.stage).inc()
         if t.code is not None:
             self.replies.labels(t.code).inc()
@@ -184,24 +182,20 @@ class Metrics:
 
     def unreadable_line(self) -> None:
         """One summary line or record that could not be read."""
-        self.generation += 1
         self.unreadable.inc()
 
     # serve's parent: the state of the listener
 
     def set_active(self, count: int) -> None:
         """Connections being handled now (serve)."""
-        self.generation += 1
         self.active.set(count)
 
     def denied(self, count: int = 1) -> None:
         """Connections the -x rules denied (serve)."""
-        self.generation += 1
         self.denied_total.inc(count)
 
     def limit_reached(self, count: int = 1) -> None:
         """serve reached its -c limit (counted once each time it stops accepting)."""
-        self.generation += 1
         self.limit_total.inc(count)
 
     # exposition

@@ -44,6 +44,7 @@ __all__ = [
     "QUEUE_CLASSES",
     "RECORD_TAG",
     "REPLY_CODES",
+    "REPLY_LABELS",
     "STAGE_LABELS",
     "VERDICT_LABELS",
     "Tally",
