@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import TcpServer, wrapper_argv  # noqa: E402
+from helpers import TcpServer, set_subreaper, wrapper_argv  # noqa: E402
 
 
 def in_ci() -> bool:
@@ -62,3 +62,15 @@ def tcpserver(tmp_path: Path) -> Iterator[Callable[..., TcpServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This process is a child subreaper for the duration of the test: the
+    supervisors' orphans (tcpserver, loggers, connections) become its children,
+    so that ``Service.stop`` reaps them."""
+    set_subreaper(True)
+    try:
+        yield
+    finally:
+        set_subreaper(False)

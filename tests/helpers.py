@@ -11,7 +11,9 @@ every event produced, in order.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import pwd
 import re
 import resource
 import select
@@ -20,7 +22,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from strict_logfmt import parse as parse_strict
@@ -402,3 +406,221 @@ class SmtpClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# Service dirs under a real supervisor: processes carrying a marker in their
+# environment, the supervisor(s) of one service dir, the qmail users.
+
+MARK = "SUPERVISE_SMTP_TEST_MARK"
+
+# The supervisor's own timestamp at the start of each log line, as each tool
+# writes it here: multilog t and s6-log t write TAI64N labels; svlogd -tt a
+# UTC "YYYY-MM-DD_HH:MM:SS.xxxxx"; s6-log T "YYYY-MM-DD HH:MM:SS.nnnnnnnnn"
+# followed by two spaces.
+STAMPS = {
+    "daemontools": r"@4000[0-9a-f]{20} ",
+    "runit": r"\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5} ",
+    "s6": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}  ",
+}
+
+
+def poll_until(what: str, fn: Callable[[], object], timeout: float = 20.0) -> object:
+    """fn()'s first true value, polling; fails with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def marked_processes(mark: str) -> dict[int, str]:
+    """``{pid: comm}`` of the live processes whose environment holds ``mark``."""
+    needle = f"{MARK}={mark}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/comm", "rb") as fh:
+                comm = fh.read().decode("ascii", "replace").strip()
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != b"Z":
+            found[int(entry)] = comm
+    return found
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(on: bool) -> None:
+    """Make this process adopt its orphaned descendants (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+@dataclass
+class Service:
+    """One service dir copied to a temp dir, and the supervisor running it."""
+
+    suite: str
+    root: Path
+    svc: Path
+    port: int
+    mark: str = field(default_factory=lambda: uuid.uuid4().hex)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", MARK: self.mark}
+
+    def start(self) -> Service:
+        """Start the supervisor(s) in a new session, as an init would."""
+        common = dict(stdin=subprocess.DEVNULL, env=self.env, cwd=self.root,
+                      start_new_session=True)
+        if self.suite == "daemontools":
+            r, w = os.pipe()
+            try:
+                self.procs.append(subprocess.Popen(["supervise", str(self.svc / "log")],
+                                                   **{**common, "stdin": r}))
+                self.procs.append(subprocess.Popen(["supervise", str(self.svc)],
+                                                   **{**common, "stdout": w}))
+            finally:
+                os.close(r)
+                os.close(w)
+        elif self.suite == "runit":
+            self.procs.append(subprocess.Popen(["runsv", str(self.svc)], **common))
+        else:
+            self.procs.append(subprocess.Popen(["s6-svscan", str(self.svc.parent)], **common))
+        return self
+
+    def stop(self) -> None:
+        """Kill the supervisors, then every marked process; reap them all.
+
+        The test process is a child subreaper meanwhile (conftest's
+        ``subreaper`` fixture), so the orphans (tcpserver, the loggers,
+        connections) become its children and are reaped here instead of
+        lingering as zombies.
+        """
+        seen = set(marked_processes(self.mark))
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while (left := marked_processes(self.mark)) and time.monotonic() < deadline:
+            seen |= set(left)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        for proc in self.procs:
+            proc.wait(timeout=10)
+        for pid in seen - {proc.pid for proc in self.procs}:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # reaped by its own parent, or not ours
+
+    def tcpservers(self) -> list[int]:
+        return [p for p, c in marked_processes(self.mark).items() if c == "tcpserver"]
+
+    def serves(self) -> list[int]:
+        """The ``supervise-smtp serve`` parents (not their forked workers)."""
+        found = []
+        for pid in marked_processes(self.mark):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+                parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"serve" in argv and b"serve" not in parent:
+                found.append(pid)
+        return found
+
+    def log(self) -> str:
+        try:
+            return (self.svc / "log" / "main" / "current").read_text("ascii", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        rx = re.compile(pattern, re.M)
+        try:
+            return poll_until(f"{pattern!r} in the log", lambda: rx.search(self.log()),  # type: ignore[return-value]
+                              timeout)
+        except AssertionError:
+            raise AssertionError(f"no {pattern!r} in {self.log()!r}") from None
+
+    def banner(self, timeout: float = 20.0) -> None:
+        """Wait until a connection gets qmail-smtpd's banner (then QUIT)."""
+        def try_once() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    if not s.recv(512).startswith(b"220 "):
+                        return False
+                    s.sendall(b"QUIT\r\n")
+                    return recv_until_eof(s, 5).startswith(b"221 ")
+            except OSError:
+                return False
+        poll_until(f"a banner on port {self.port}", try_once, timeout)
+
+
+def swaks(binary: str, port: int, *args: str) -> str:
+    """swaks against 127.0.0.1:port as e2e@example.com from client.test; its output, status 0."""
+    run = subprocess.run(
+        [binary, "--server", f"127.0.0.1:{port}", "--from", "e2e@example.com",
+         "--helo", "client.test", "--timeout", "20", *args],
+        capture_output=True, timeout=60,
+    )
+    out = run.stdout.decode("utf-8", "replace")
+    assert run.returncode == 0, out + run.stderr.decode("utf-8", "replace")
+    return out
+
+
+def _ensure(argv: list[str], name: str, exists: Callable[[str], bool]) -> None:
+    """Run useradd/groupadd unless ``name`` exists; another test creating it at the
+    same moment (exit 9, or 10 while /etc/passwd is locked) is waited for."""
+    deadline = time.monotonic() + 30
+    while not exists(name):
+        run = subprocess.run([*argv, name], capture_output=True, text=True)
+        if run.returncode not in (0, 9, 10) or time.monotonic() > deadline:
+            raise AssertionError(f"{argv[0]} {name}: {run.returncode} {run.stderr}")
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def qmail_users() -> dict[str, pwd.struct_passwd]:
+    """qmaild and qmaill in the nofiles group (qmail's INSTALL.ids), created if missing."""
+    _ensure(["groupadd", "--system"], "nofiles", _has_group)
+    for name, home in (("qmaild", "/var/qmail"), ("qmaill", "/var/log/qmail")):
+        _ensure(["useradd", "--system", "--no-create-home", "-g", "nofiles", "-d", home,
+                 "-s", "/usr/sbin/nologin"], name, _has_user)
+    return {name: pwd.getpwnam(name) for name in ("qmaild", "qmaill")}

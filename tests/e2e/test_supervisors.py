@@ -14,40 +14,25 @@ and the restart tests can prove that nothing was left behind.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import need
-from helpers import free_port, recv_until_eof
+from helpers import STAMPS, Service, free_port, marked_processes, swaks
+from helpers import poll_until as _poll
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
 CORPUS = REPO / "tests" / "fixtures" / "runscripts"
-MARK = "SUPERVISE_SMTP_TEST_MARK"
-
-# The supervisor's own timestamp at the start of each log line, as each tool
-# writes it here: multilog t and s6-log t (the shipped s6 log/run) write TAI64N
-# labels; svlogd -tt a UTC "YYYY-MM-DD_HH:MM:SS.xxxxx".
-STAMPS = {
-    "daemontools": r"@4000[0-9a-f]{20} ",
-    "runit": r"\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5} ",
-    "s6": r"@4000[0-9a-f]{20} ",
-}
 RESTART = {
     "daemontools": ["svc", "-t"],
     "runit": ["sv", "term"],
@@ -59,148 +44,6 @@ BINARIES = {
     "s6": ["s6-svscan", "s6-supervise", "s6-svc", "s6-log", "s6-envdir", "s6-setuidgid",
            "s6-softlimit"],
 }
-
-
-def _poll(what: str, fn: Callable[[], object], timeout: float = 20.0) -> object:
-    """fn()'s first true value, polling; fails with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def marked_processes(mark: str) -> dict[int, str]:
-    """``{pid: comm}`` of the live processes whose environment holds ``mark``."""
-    needle = f"{MARK}={mark}".encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-            with open(f"/proc/{entry}/comm", "rb") as fh:
-                comm = fh.read().decode("ascii", "replace").strip()
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != b"Z":
-            found[int(entry)] = comm
-    return found
-
-
-@dataclass
-class Service:
-    """One service dir copied to a temp dir, and the supervisor running it."""
-
-    suite: str
-    root: Path
-    svc: Path
-    port: int
-    mark: str = field(default_factory=lambda: uuid.uuid4().hex)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", MARK: self.mark}
-
-    def start(self) -> Service:
-        """Start the supervisor(s) in a new session, as an init would."""
-        common = dict(stdin=subprocess.DEVNULL, env=self.env, cwd=self.root,
-                      start_new_session=True)
-        if self.suite == "daemontools":
-            r, w = os.pipe()
-            try:
-                self.procs.append(subprocess.Popen(["supervise", str(self.svc / "log")],
-                                                   **{**common, "stdin": r}))
-                self.procs.append(subprocess.Popen(["supervise", str(self.svc)],
-                                                   **{**common, "stdout": w}))
-            finally:
-                os.close(r)
-                os.close(w)
-        elif self.suite == "runit":
-            self.procs.append(subprocess.Popen(["runsv", str(self.svc)], **common))
-        else:
-            self.procs.append(subprocess.Popen(["s6-svscan", str(self.svc.parent)], **common))
-        return self
-
-    def stop(self) -> None:
-        """Kill the supervisors, then every marked process; reap them all.
-
-        The test process is a child subreaper meanwhile (see ``_subreaper``),
-        so the orphans (tcpserver, the loggers, connections) become its
-        children and are reaped here instead of lingering as zombies.
-        """
-        seen = set(marked_processes(self.mark))
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while (left := marked_processes(self.mark)) and time.monotonic() < deadline:
-            seen |= set(left)
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        for proc in self.procs:
-            proc.wait(timeout=10)
-        for pid in seen - {proc.pid for proc in self.procs}:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass  # reaped by its own parent, or not ours
-
-    def tcpservers(self) -> list[int]:
-        return [p for p, c in marked_processes(self.mark).items() if c == "tcpserver"]
-
-    def serves(self) -> list[int]:
-        """The ``supervise-smtp serve`` parents (not their forked workers)."""
-        found = []
-        for pid in marked_processes(self.mark):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                ppid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
-                parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if b"serve" in argv and b"serve" not in parent:
-                found.append(pid)
-        return found
-
-    def log(self) -> str:
-        try:
-            return (self.svc / "log" / "main" / "current").read_text("ascii", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        rx = re.compile(pattern, re.M)
-        try:
-            return _poll(f"{pattern!r} in the log", lambda: rx.search(self.log()), timeout)  # type: ignore[return-value]
-        except AssertionError:
-            raise AssertionError(f"no {pattern!r} in {self.log()!r}") from None
-
-    def banner(self, timeout: float = 20.0) -> None:
-        """Wait until a connection gets qmail-smtpd's banner (then QUIT)."""
-        def try_once() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-                    if not s.recv(512).startswith(b"220 "):
-                        return False
-                    s.sendall(b"QUIT\r\n")
-                    return recv_until_eof(s, 5).startswith(b"221 ")
-            except OSError:
-                return False
-        _poll(f"a banner on port {self.port}", try_once, timeout)
 
 
 def _wrapper_program(wrapper: list[str], tmp: Path) -> str:
@@ -250,25 +93,6 @@ def _write_conf(path: Path, values: dict[str, str]) -> None:
     path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def _subreaper(on: bool) -> None:
-    """Make this process adopt its orphaned descendants (Linux prctl)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
-
-
-@pytest.fixture
-def subreaper() -> Iterator[None]:
-    """This process is a child subreaper for the duration of the test."""
-    _subreaper(True)
-    try:
-        yield
-    finally:
-        _subreaper(False)
-
-
 @pytest.fixture
 def service(tmp_path: Path, wrapper: list[str],
             subreaper: None) -> Iterator[Callable[[str], Service]]:
@@ -303,15 +127,8 @@ def service(tmp_path: Path, wrapper: list[str],
 
 
 def _swaks(port: int) -> str:
-    run = subprocess.run(
-        [need("swaks"), "--server", f"127.0.0.1:{port}", "--to", "rcpt@example.org",
-         "--from", "e2e@example.com", "--helo", "client.test", "--timeout", "20",
-         "--header", "Subject: supervisors e2e", "--body", "hello"],
-        capture_output=True, timeout=60,
-    )
-    out = run.stdout.decode("utf-8", "replace")
-    assert run.returncode == 0, out + run.stderr.decode("utf-8", "replace")
-    return out
+    return swaks(need("swaks"), port, "--to", "rcpt@example.org",
+                 "--header", "Subject: supervisors e2e", "--body", "hello")
 
 
 def _bare_lf(port: int) -> bytes:
