@@ -174,7 +174,5 @@ def check_log(directory: str) -> list[Finding]:
                           "log with multilog t, svlogd -tt or s6-log T")]
 
 
-
-
 def _or_unknown(values: list[str] | None) -> list[str | None]:
     return [None] if values is None else list(values)
