@@ -414,13 +414,12 @@ class SmtpClient:
 MARK = "SUPERVISE_SMTP_TEST_MARK"
 
 # The supervisor's own timestamp at the start of each log line, as each tool
-# writes it here: multilog t and s6-log t write TAI64N labels; svlogd -tt a
-# UTC "YYYY-MM-DD_HH:MM:SS.xxxxx"; s6-log T "YYYY-MM-DD HH:MM:SS.nnnnnnnnn"
-# followed by two spaces.
+# writes it here: multilog t and s6-log t (the shipped s6 log/run) write TAI64N
+# labels; svlogd -tt a UTC "YYYY-MM-DD_HH:MM:SS.xxxxx".
 STAMPS = {
     "daemontools": r"@4000[0-9a-f]{20} ",
     "runit": r"\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5} ",
-    "s6": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}  ",
+    "s6": r"@4000[0-9a-f]{20} ",
 }
 
 
