@@ -109,19 +109,30 @@ def _script(path: Path, text: str, mode: int = 0o755) -> Path:
     return path
 
 
+RULES = '127.:allow,RELAYCLIENT=""\n:allow\n'
+
+
+@pytest.fixture(scope="module")
+def tcprules_cdb(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """RULES compiled once by the real tcprules; each test gets a copy."""
+    tmp = tmp_path_factory.mktemp("tcprules")
+    subprocess.run([need("tcprules"), str(tmp / "tcp.smtp.cdb"), str(tmp / "tcp.smtp.tmp")],
+                   input=RULES.encode(), check=True, capture_output=True)
+    return (tmp / "tcp.smtp.cdb").read_bytes()
+
+
 class Parts:
     """The stand-ins and the rules a service's settings point at, in ``root``."""
 
-    def __init__(self, root: Path, wrapper: list[str]) -> None:
+    def __init__(self, root: Path, wrapper: list[str], cdb: bytes) -> None:
         self.root = root
         self.wrapper = _script(root / "bin" / "supervise-smtp",
                                "#!/bin/sh\nexec " + " ".join(wrapper) + ' "$@"\n')
         self.smtpd = _script(root / "bin" / "qmail-smtpd", "#!/bin/sh\nexit 0\n")
         self.rules = root / "tcp.smtp"
-        self.rules.write_text('127.:allow,RELAYCLIENT=""\n:allow\n')
+        self.rules.write_text(RULES)
         self.cdb = root / "tcp.smtp.cdb"
-        subprocess.run([need("tcprules"), str(self.cdb), str(root / "tcp.smtp.tmp")],
-                       input=self.rules.read_bytes(), check=True, capture_output=True)
+        self.cdb.write_bytes(cdb)
         os.utime(self.rules, (time.time() - 60, time.time() - 60))  # older than its cdb
         self.port = free_port()
 
@@ -135,8 +146,8 @@ class Parts:
 
 
 @pytest.fixture
-def parts(public: Path, wrapper: list[str]) -> Parts:
-    return Parts(public, wrapper)
+def parts(public: Path, wrapper: list[str], tcprules_cdb: bytes) -> Parts:
+    return Parts(public, wrapper, tcprules_cdb)
 
 
 def configure(svc: Path, values: dict[str, str]) -> None:
