@@ -329,5 +329,8 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
                  "supervise_smtp.metrics", "supervise_smtp.metrics_record",
                  "supervise_smtp.metrics_http", "supervise_smtp.collect",
                  "supervise_smtp.checkservice", "supervise_smtp.checkservice_run",
-                 "supervise_smtp.service_settings", "supervise_smtp.service_host"):
+                 "supervise_smtp.service_settings", "supervise_smtp.service_host",
+                 "supervise_smtp.report", "supervise_smtp.report_text",
+                 "supervise_smtp.logstamp", "supervise_smtp.logparse",
+                 "supervise_smtp.loginput", "supervise_smtp.topk"):
         assert lazy not in loaded, lazy
