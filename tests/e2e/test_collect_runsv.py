@@ -4,14 +4,14 @@ The lines are real: three supervise-smtp sessions under a real tcpserver
 (a message queued, a bare-LF reject, a client gone after EHLO), whose
 stderr (tcpserver's lines and the wrapper's) is then written into the
 service's log pipe by the service itself (``cat`` of a FIFO, the service's
-stdout being runsv's pipe to ./log).  ./log/run is the shipped runit line
-with collect in front: ``supervise-smtp collect --textfile F -- svlogd -tt
-./main``.  Checked: ``current`` holds every line unchanged after svlogd's
-timestamp, the textfile parses with prometheus-client's parser and has the
-counts the strict reader finds in the same lines, ``sv alarm`` makes svlogd
-rotate and ``sv hup`` makes it reread its config (both signals go to
-collect, which passes them on), and ``sv term`` in the middle of a stream
-loses no line.
+stdout being runsv's pipe to ./log).  ./log/run is the shipped
+runit/qmail-smtpd/log/run with its commented-out collect line switched on:
+``chpst -u LOGUSER supervise-smtp collect --textfile F -- svlogd -tt ./main``.
+Checked: ``current`` holds every line unchanged after svlogd's timestamp,
+the textfile parses with prometheus-client's parser and has the counts the
+strict reader finds in the same lines, ``sv alarm`` makes svlogd rotate and
+``sv hup`` makes it reread its config (both signals go to collect, which
+passes them on), and ``sv term`` in the middle of a stream loses no line.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_TEXTFILE = "/var/lib/prometheus/node-exporter/supervise_smtp.prom"
 STAMP = re.compile(rb"^\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5} ", re.M)
 TIMEOUT_S = 20.0
 
@@ -119,10 +121,22 @@ class Runsv:
         self.proc.wait(TIMEOUT_S)
 
 
+def shipped_collect_line(log_run: str) -> str:
+    """The shipped log/run with its commented-out collect line switched on."""
+    lines = log_run.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("#exec "))
+    end = start + 1
+    while lines[end - 1].rstrip("\n").endswith("\\"):
+        end += 1
+    lines[start:end] = [line[1:] for line in lines[start:end]]
+    return "".join(lines)
+
+
 @pytest.fixture
 def runsv_service(tmp_path):
-    """A runit service dir: ./run cats a FIFO to runsv's log pipe; ./log/run is collect."""
-    for binary in ("runsv", "sv", "svlogd"):
+    """A runit service dir: ./run cats a FIFO to runsv's log pipe; ./log/run is the shipped
+    runit/qmail-smtpd/log/run with its collect line switched on (LOGUSER root)."""
+    for binary in ("runsv", "sv", "svlogd", "chpst"):
         need(binary)
     service = tmp_path / "svc"
     (service / "log" / "main").mkdir(parents=True)
@@ -131,11 +145,13 @@ def runsv_service(tmp_path):
     run.write_text("#!/bin/sh\nexec 2>&1\nexec cat 0<>./feed\n")
     prom = tmp_path / "textfile" / "supervise_smtp.prom"
     prom.parent.mkdir()
-    argv = " ".join(wrapper_argv())
+    shipped = shipped_collect_line((REPO / "runit" / "qmail-smtpd" / "log" / "run").read_text())
+    assert shipped.count("/usr/local/bin/supervise-smtp collect") == 1
+    assert shipped.count(SHIPPED_TEXTFILE) == 1
     log_run = service / "log" / "run"
-    log_run.write_text(
-        "#!/bin/sh\n"
-        f"exec {argv} collect --textfile {prom} --interval 0.1 -- svlogd -tt ./main\n")
+    log_run.write_text(shipped.replace("/usr/local/bin/supervise-smtp", " ".join(wrapper_argv()))
+                       .replace(SHIPPED_TEXTFILE, f"{prom} --interval 0.1"))
+    (service / "log" / "conf").write_text("LOGUSER=root\n")
     run.chmod(0o755)
     log_run.chmod(0o755)
     supervisor = Runsv(service)

@@ -352,3 +352,29 @@ def test_collect_listen_port_taken_still_logs(collect):
     err = c.stderr()
     assert err.count("\n") == 1 and f"unable to listen on 127.0.0.1:{port}" in err
     assert os.strerror(errno.EADDRINUSE) in err
+
+
+@pytest.mark.parametrize("supervisor", ["daemontools", "runit", "s6"])
+def test_collect_shipped_log_run_line_runs_the_same_logger(supervisor, tmp_path):
+    """Each shipped log/run carries a commented-out collect line that, switched on, is
+    valid sh and runs the very logger command of the active line behind collect."""
+    import shlex
+
+    path = Path(__file__).resolve().parents[2] / supervisor / "qmail-smtpd" / "log" / "run"
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("#exec "))
+    end = start + 1
+    while lines[end - 1].rstrip("\n").endswith("\\"):
+        end += 1
+    switched = lines[:start] + [line[1:] for line in lines[start:end]] + lines[end:]
+    script = tmp_path / "run"
+    script.write_text("".join(switched))
+    assert subprocess.run(["sh", "-n", str(script)], timeout=TIMEOUT_S).returncode == 0
+    collect_cmd = shlex.split("".join(line[1:] for line in lines[start:end]).replace("\\\n", ""))
+    active = shlex.split(lines[end])
+    assert active[0] == collect_cmd[0] == "exec"
+    switch = active.index("$LOGUSER") + 1  # chpst -u, setuidgid, s6-setuidgid
+    assert collect_cmd[:switch] == active[:switch]
+    assert collect_cmd[switch:switch + 3] == ["/usr/local/bin/supervise-smtp", "collect",
+                                              "--textfile"]
+    assert collect_cmd[collect_cmd.index("--") + 1:] == active[switch:]
