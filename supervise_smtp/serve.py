@@ -38,6 +38,7 @@ import signal
 import socket
 import time
 
+from supervise_smtp import serve_fds
 from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
@@ -45,9 +46,10 @@ from supervise_smtp.serve_stats import ServeStats
 from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
 from supervise_smtp.tcpenv import peer_of
 
-__all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S"]
+__all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S", "IDLE_TRIM_S"]
 
 ACCEPT_BURST = 16  # connections accepted per wake-up before reaping again
+IDLE_TRIM_S = 2.0  # a worker idle this long beyond --spare-workers exits
 EMFILE_PAUSE_S = 0.1  # out of descriptors: stop accepting this long, not spin
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, signal.SIGHUP, signal.SIGALRM)
@@ -243,6 +245,10 @@ class Server:
         self.old_handlers: dict[int, object] = {}
         self.stats = ServeStats(cfg.stats_interval_s)
         self._catch_signals()
+        short = serve_fds.make_room(cfg.limit, cfg.spare_workers)  # a descriptor per worker
+        if short:
+            self.log.error("serve_error", where="nofile", missing=short,
+                           error="RLIMIT_NOFILE hard limit too low for -c")
 
     def listen(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -260,13 +266,29 @@ class Server:
         gc.freeze()
         self._spare()
         while not self.stopping:
-            self._wait(self.stats.next_at)
+            self._wait(self._deadline())
             self._reap()
-            if self.stats.due(time.monotonic()):
+            now = time.monotonic()
+            if self.stats.due(now):
                 self._write_stats()
+            self._trim(now)
             if not self.stopping:
                 self._accept()
         return self._stop()
+
+    def _deadline(self) -> float | None:
+        """When the loop must wake without a client: statistics, or an idle worker to end."""
+        deadlines = [self.stats.next_at] if self.stats.next_at is not None else []
+        if len(self.idle) > self.cfg.spare_workers:
+            deadlines.append(self.idle[0].idle_since + IDLE_TRIM_S)
+        return min(deadlines, default=None)
+
+    def _trim(self, now: float) -> None:
+        """Idle workers beyond --spare-workers end once idle IDLE_TRIM_S: a burst of
+        clients keeps its workers for the next burst instead of forking anew."""
+        while len(self.idle) > self.cfg.spare_workers \
+                and self.idle[0].idle_since + IDLE_TRIM_S <= now:
+            self._unlink(self.idle[0])
 
     def _write_stats(self) -> None:
         try:
@@ -339,11 +361,11 @@ class Server:
         worker.served += 1
         self.log.status("end", remote=remote, pid=worker.pid, status=status,
                         active=len(self.active), limit=self.cfg.limit)
-        if worker.ctl is None or self.stopping or worker.served >= self.cfg.worker_sessions \
-                or len(self.idle) >= self.cfg.spare_workers:
+        if worker.ctl is None or self.stopping or worker.served >= self.cfg.worker_sessions:
             self._unlink(worker)  # EOF ends it (one at its last session ends by itself)
         else:
-            self.idle.append(worker)
+            worker.idle_since = time.monotonic()
+            self.idle.append(worker)  # the warmest last: taken first, the coldest trimmed
 
     def _unlink(self, worker: Worker) -> None:
         """No more connections for this worker: our end of its control socket closed."""
@@ -432,10 +454,12 @@ class Server:
         """The idle workers, forked before the first client needs one."""
         while len(self.idle) < self.cfg.spare_workers and not self.stopping:
             try:
-                self.idle.append(self._fork())
+                worker = self._fork()
             except OSError as err:
                 self.log.error("serve_error", where="fork", error=err.strerror, errno=err.errno)
                 return
+            worker.idle_since = time.monotonic()
+            self.idle.append(worker)
 
     def _fork(self) -> Worker:
         """A new worker, waiting on its control socket (OSError when fork fails)."""
@@ -491,6 +515,7 @@ class Server:
             for other in self.workers.values():  # else they would never see our EOF
                 if other.ctl is not None:
                     other.ctl.close()
+            serve_fds.restore()  # the session's child gets tcpserver's limit
             code = serve_loop(self.cfg, self.log, self.env, ctl, self.cfg.worker_sessions)
         except BaseException as exc:  # a bug of ours: never back into the parent's loop
             say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")
@@ -502,9 +527,10 @@ class Server:
 class Worker:
     """A forked worker as the parent sees it: its pid and its control socket."""
 
-    __slots__ = ("pid", "ctl", "served")
+    __slots__ = ("pid", "ctl", "served", "idle_since")
 
     def __init__(self, pid: int, ctl: socket.socket) -> None:
         self.pid = pid
         self.ctl: socket.socket | None = ctl  # None once we closed our end
         self.served = 0
+        self.idle_since = 0.0  # monotonic time it last became idle

@@ -714,3 +714,29 @@ def test_serve_worker_options_bad_values_exit_100(args):
                          capture_output=True, timeout=30)
     assert run.returncode == 100
     assert args[0].encode() in run.stderr
+
+
+def test_serve_idle_workers_beyond_spare_end_after_a_while(serve, public_dir):
+    """A burst of 3 clients with --spare-workers 1: 3 workers, then 1 kept idle."""
+    prog = script(public_dir, "hold", "echo hi\nread line\n")
+    server = serve(["-v", "-HR", "-l0", "--spare-workers", "1"], [prog])
+    socks = [server.connect() for _ in range(3)]
+    for sock in socks:
+        assert sock.recv(10) == b"hi\n"
+    for sock in socks:
+        sock.sendall(b"x\n")
+        recv_until_eof(sock)
+        sock.close()
+    ends = server.end_statuses(3)
+    burst = {pid for pid, _ in ends}
+    assert len(burst) == 3
+
+    def idle() -> list[str]:
+        return [w for w in Path(f"/proc/{server.pid}/task/{server.pid}/children")
+                .read_text().split() if _running(w)]
+
+    assert len(idle()) == 3  # kept at first: the next burst would find them
+    deadline = time.monotonic() + START_S
+    while len(idle()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(idle()) == 1 and int(idle()[0]) in burst
