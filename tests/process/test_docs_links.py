@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 from helpers import wrapper_argv
 
+from supervise_smtp import cli
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -205,7 +207,7 @@ def _owner_word(word: str) -> str | None:
     word = word.strip("\"'")
     name = word.rsplit("/", 1)[-1]
     if name in ("supervise-smtp", "$SUPERVISE_SMTP", "${SUPERVISE_SMTP}", "supervise_smtp",
-                "serve", "wrap-run", "check-service"):
+                *cli.SUBCOMMANDS):
         return "supervise-smtp"
     return {"bench.sh": "bench/suite.py", "suite.py": "bench/suite.py",
             "serve_soak.py": "bench/serve_soak.py",
@@ -308,7 +310,7 @@ def known_options() -> dict[str, set[str]]:
     """Each of our programs' options, from its own --help (or usage, or parser)."""
     ours = wrapper_argv()
     wrapper = "".join(_help([*ours, *sub, "--help"])
-                      for sub in ([], ["serve"], ["wrap-run"], ["check-service"]))
+                      for sub in ([], *([name] for name in cli.SUBCOMMANDS)))
     known = {
         "supervise-smtp": _options_in(wrapper),
         "bench/suite.py": _options_in(_help([sys.executable, "bench/suite.py", "--help"])),
@@ -372,7 +374,7 @@ def test_docs_options_known_include_every_subcommand():
     """The collected helps hold options of the wrapper and of each subcommand."""
     known = known_options()["supervise-smtp"]
     assert {"--capture", "--bare-lf", "--drain", "--stats-interval", "--dry-run",
-            "--wrapper"} <= known
+            "--wrapper"} <= known  # the wrapper's, serve's, wrap-run's
 
 
 # -- the checkers catch what they are for ---------------------------------------
