@@ -278,15 +278,18 @@ chmod -R go+rX,go-w "$rel"
 head -n 1 "$rel/bin/supervise-smtp" | grep -q "^#!$rel/bin/python" \
   || die "$rel/bin/supervise-smtp does not start with #!$rel/bin/python"
 
-# A real session as an unprivileged user, from /: what qmaild will do.
+# A real session as an unprivileged user, from /: what qmaild will do.  The
+# command is started by a shell running as that user (setpriv's own exec of
+# it was seen to pass where the user's could not: under a 0700 /root).
 cd /
 if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
   as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups"
 else
   as_nobody=
 fi
-# shellcheck disable=SC2086
-if ! $as_nobody "$rel/bin/supervise-smtp" -- true </dev/null >/dev/null 2>"$work/smoke"; then
+# shellcheck disable=SC2086,SC2016
+if ! $as_nobody /bin/sh -c 'exec "$@"' sh "$rel/bin/supervise-smtp" -- true \
+    </dev/null >/dev/null 2>"$work/smoke"; then
   cat "$work/smoke" >&2
   die "the new release does not run${as_nobody:+ as an unprivileged user} (is $python, and every directory above it and above $prefix, readable and searchable by all?)"
 fi

@@ -113,6 +113,14 @@ class Installed:
                 "--mandir", str(self.mandir)]
 
 
+def as_user(user: pwd.struct_passwd) -> list[str]:
+    """argv prefix: run the rest as ``user`` (uid, primary gid, no other groups), started
+    by a shell running as that user, as tcpserver's child starts it.  (setpriv's own exec
+    of a program was seen to pass where the user's could not: under a 0700 /root.)"""
+    return [need("setpriv"), f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+            "--clear-groups", "/bin/sh", "-c", 'exec "$@"', "sh"]
+
+
 def install_sh(script: Path, *args: str, env: dict[str, str] | None = None,
                status: int = 0) -> str:
     """Run an install.sh as an operator would (from /); its stderr, status checked."""
@@ -213,10 +221,8 @@ def test_install_layout_is_runnable_by_qmaild(installed, qmail):
     docs = installed.prefix / "current" / "share" / "doc" / "supervise-smtp"
     assert (docs / "verdicts.md").read_text() == (REPO / "docs" / "verdicts.md").read_text()
 
-    qmaild = qmail["qmaild"]
-    as_qmaild = [need("setpriv"), f"--reuid={qmaild.pw_uid}", f"--regid={qmaild.pw_gid}",
-                 "--clear-groups"]
-    run = subprocess.run([*as_qmaild, str(installed.command), "--", "true"], cwd="/",
+    run = subprocess.run([*as_user(qmail["qmaild"]), str(installed.command), "--", "true"],
+                         cwd="/",
                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert run.returncode == 0, run.stderr
     summary = [e for e in events(run.stderr) if e["event"] == "summary"]
@@ -360,8 +366,7 @@ class CommandLoop:
     status and the release it ran from (the child prints its parent's command line)."""
 
     def __init__(self, command: Path, qmaild: pwd.struct_passwd) -> None:
-        self.argv = [need("setpriv"), f"--reuid={qmaild.pw_uid}", f"--regid={qmaild.pw_gid}",
-                     "--clear-groups", str(command), "--", "sh", "-c",
+        self.argv = [*as_user(qmaild), str(command), "--", "sh", "-c",
                      "tr '\\0' ' ' </proc/$PPID/cmdline >&2"]
         self.runs: list[tuple[int, str]] = []
         self.stopped = threading.Event()
@@ -393,10 +398,10 @@ class CommandLoop:
 
 def test_install_offline_upgrade_and_prune(public, installed, qmail):
     """--build-wheels, then the copied install.sh with --wheel and no network, over the
-    checkout's install: it swaps ``current`` while qmaild's sessions keep working; a
-    failed install changes nothing; the next prunes an unused older release but keeps
-    the previous one and one still running; --uninstall refuses while it runs."""
-    need("setpriv")
+    checkout's install: it swaps ``current`` while qmaild's sessions keep working; an
+    install that an unprivileged user could not run changes nothing; the next prunes an
+    unused older release but keeps the previous one and one still running; --uninstall
+    refuses while it runs."""
     wheels = public / "wheels"
     install_sh(INSTALL, "--build-wheels", str(wheels))
     (wheel,) = wheels.glob("supervise_smtp-*.whl")
@@ -416,12 +421,14 @@ def test_install_offline_upgrade_and_prune(public, installed, qmail):
     assert loop.runs and all(status == 0 for status, _ in loop.runs), loop.runs
     assert loop.releases() == {first, second}
 
-    # a failed install (the wheel without its dependencies) leaves everything as it was
-    lone = public / "lone"
-    lone.mkdir()
-    shutil.copy(wheel, lone)
-    install_sh(offline_install, "--wheel", str(lone / wheel.name), *installed.args(), env=env,
-               status=111)
+    # a failed install leaves everything as it was: here, an interpreter in a 0700
+    # directory, which root can build with but an unprivileged user cannot run
+    private = public / "private"
+    private.mkdir(mode=0o700)
+    (private / "python3").symlink_to(Path("/usr/bin/python3").resolve())
+    said = install_sh(offline_install, "--wheel", str(wheel), "--python",
+                      str(private / "python3"), *installed.args(), env=env, status=111)
+    assert "does not run as an unprivileged user" in said, said
     assert installed.current() == second and installed.releases() == {first, second}
 
     # an older release nobody runs (a copy of the first), and the first still running
