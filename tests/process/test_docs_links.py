@@ -212,6 +212,7 @@ def _owner_word(word: str) -> str | None:
     return {"bench.sh": "bench/suite.py", "suite.py": "bench/suite.py",
             "serve_soak.py": "bench/serve_soak.py",
             "observer_throughput.py": "bench/observer_throughput.py",
+            "report_bench.py": "bench/report_bench.py",
             "install.sh": "scripts/install.sh"}.get(name)
 
 
@@ -316,6 +317,8 @@ def known_options() -> dict[str, set[str]]:
         "bench/suite.py": _options_in(_help([sys.executable, "bench/suite.py", "--help"])),
         "bench/serve_soak.py": _options_in(
             _help([sys.executable, "bench/serve_soak.py", "--help"])),
+        "bench/report_bench.py": _options_in(
+            _help([sys.executable, "bench/report_bench.py", "--help"])),
         # no --help (any argument it does not know is ignored): its usage docstring
         "bench/observer_throughput.py": _options_in(ast.get_docstring(ast.parse(
             (REPO / "bench" / "observer_throughput.py").read_text())) or ""),
