@@ -22,7 +22,8 @@ The log path comes first:
 - Counting, the textfile and HTTP never stop the relay: a line that cannot
   be read is counted as unreadable, a textfile that cannot be written or a
   port that cannot be bound is one warning on stderr (then retried), and the
-  lines keep flowing.
+  lines keep flowing.  The textfile is rewritten every interval, changed or
+  not: its mtime says collect is alive (the SuperviseSmtpTextfileStale rule).
 - stderr is the log service's own stderr (runsvdir's or svscan's
   readproctitle, s6-svscan's console): where svlogd and multilog report
   their own trouble, never the log that collect relays.
@@ -58,7 +59,7 @@ from supervise_smtp.errors import TempError, UsageError
 if TYPE_CHECKING:
     import subprocess
 
-    from supervise_smtp.metrics import Metrics
+    from supervise_smtp.metrics import Metrics, TextfileWriter
     from supervise_smtp.metrics_http import MetricsHTTP
 
 __all__ = [
@@ -219,43 +220,18 @@ class Counting:
                 metrics.unreadable_line()
 
 
-class Textfile:
-    """The --textfile: rewritten every interval, changed or not (its mtime says collect
-    is alive: the shipped SuperviseSmtpTextfileStale rule), one warning per run of failures."""
-
-    def __init__(self, path: str, interval: float) -> None:
-        self.path = path
-        self.interval = interval
-        self.due = 0.0  # monotonic time of the next write
-        self.failing = False
-
-    def maybe_write(self, metrics: Metrics, now: float, force: bool = False) -> None:
-        if not force and now < self.due:
-            return
-        self.due = now + self.interval
-        try:
-            metrics.write_textfile(self.path)
-        except OSError as err:
-            if not self.failing:
-                _warn(f"warning: unable to write {self.path}: {err.strerror or err}; "
-                      f"still logging, retrying every {self.interval:g} s")
-            self.failing = True
-            return
-        if self.failing:
-            _warn(f"info: wrote {self.path} again")
-        self.failing = False
-
-
 class Collect:
     """The relay from stdin to the logger, with the counting on the side."""
 
     def __init__(self, cfg: Config) -> None:
-        from supervise_smtp.metrics import Metrics
+        from supervise_smtp.metrics import Metrics, TextfileWriter
 
         self.cfg = cfg
         self.metrics = Metrics()
         self.counting = Counting(self.metrics)
-        self.textfile = Textfile(cfg.textfile, cfg.interval) if cfg.textfile else None
+        self.textfile: TextfileWriter | None = None
+        if cfg.textfile:
+            self.textfile = TextfileWriter(self.metrics, cfg.textfile, cfg.interval, _warn)
         self.http: MetricsHTTP | None = None
         self.bind_failing = False
         self.bind_due = 0.0
@@ -382,7 +358,7 @@ class Collect:
                 not self.stdin_open or self.stops and not self.counting.mid_line):
             self._close_out()  # everything read is in the logger's pipe: its end of input
         if self.textfile is not None:
-            self.textfile.maybe_write(self.metrics, now)
+            self.textfile.maybe_write(now)
         if self.cfg.listen is not None:
             self._listen(now)
         if self.http is not None:
@@ -466,7 +442,7 @@ class Collect:
             os.close(self.out_fd)
             self.out_fd = -1
         if self.textfile is not None:
-            self.textfile.maybe_write(self.metrics, time.monotonic(), force=True)
+            self.textfile.maybe_write(time.monotonic(), force=True)
         if self.http is not None:
             self.http.close()
 

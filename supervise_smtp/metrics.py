@@ -20,7 +20,7 @@ counters; ``_created`` series are not written.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -35,7 +35,8 @@ from supervise_smtp.metrics_record import (
     tally,
 )
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_S", "PREINITIALISED_VERDICTS", "Metrics", "record"]
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_S", "PREINITIALISED_VERDICTS", "Metrics",
+           "TextfileWriter", "record"]
 
 # The text format every Prometheus 2.x server and node_exporter's textfile
 # collector read; what generate_latest writes for these plain names.
@@ -234,3 +235,40 @@ class Metrics:
             except OSError:
                 pass
             raise
+
+
+class TextfileWriter:
+    """A Metrics' textfile, rewritten every ``interval`` seconds by its owner's loop.
+
+    Rewritten changed or not: the file's mtime tells that its writer is alive
+    (node_textfile_mtime_seconds, the SuperviseSmtpTextfileStale rule).  A
+    failure never raises: ``warn`` gets one message at the first failure of
+    a run and one when a write succeeds again; the owner goes on.
+    """
+
+    def __init__(self, metrics: Metrics, path: str, interval: float,
+                 warn: Callable[[str], None]) -> None:
+        self.metrics = metrics
+        self.path = path
+        self.interval = interval
+        self.warn = warn
+        self.due = 0.0  # monotonic time of the next write: the first call writes
+        self.failing = False
+
+    def maybe_write(self, now: float, force: bool = False) -> bool:
+        """Write if due (or ``force``); True when the file was written."""
+        if not force and now < self.due:
+            return False
+        self.due = now + self.interval
+        try:
+            self.metrics.write_textfile(self.path)
+        except OSError as err:
+            if not self.failing:
+                self.warn(f"warning: unable to write {self.path}: {err.strerror or err}; "
+                          f"retrying every {self.interval:g} s")
+            self.failing = True
+            return False
+        if self.failing:
+            self.warn(f"info: wrote {self.path} again")
+        self.failing = False
+        return True

@@ -278,7 +278,7 @@ def test_collect_unwritable_textfile_never_stops_the_log(collect, tmp_path):
     wait_for("the lines", lambda: c.logged() == lines)
     time.sleep(0.35)  # several intervals go by: still one warning
     assert c.stderr() == (f"supervise-smtp collect: warning: unable to write {prom}: "
-                          f"No such file or directory; still logging, retrying every 0.1 s\n")
+                          f"No such file or directory; retrying every 0.1 s\n")
     prom.parent.mkdir()
     got = wait_for("the textfile", lambda: read_counters(prom))
     assert got['supervise_smtp_connections_total{stage="quit",verdict="ok"}'] == 50

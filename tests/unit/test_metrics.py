@@ -331,3 +331,23 @@ def test_metrics_collect_counts_the_same_however_reads_cut_the_lines(cuts):
     assert samples(whole) == samples(pieces)
     assert nonzero(whole)[("supervise_smtp_summaries_unreadable_total", ())] == 1
     assert nonzero(whole)[("supervise_smtp_session_duration_seconds_count", ())] == 3
+
+
+def test_metrics_textfile_writer_rewrites_each_interval_and_warns_once(tmp_path):
+    """Written at the first call and then each interval, changed or not (the mtime is
+    the heartbeat); a run of failures is one warning, the recovery one line more."""
+    from supervise_smtp.metrics import TextfileWriter
+
+    said: list[str] = []
+    path = tmp_path / "d" / "m.prom"
+    writer = TextfileWriter(Metrics(), str(path), 15.0, said.append)
+    assert writer.maybe_write(100.0) is False  # no directory yet
+    assert writer.maybe_write(110.0) is False and said == [
+        f"warning: unable to write {path}: No such file or directory; retrying every 15 s"]
+    assert writer.maybe_write(115.0) is False and len(said) == 1
+    path.parent.mkdir()
+    assert writer.maybe_write(120.0) is False  # not due before 130
+    assert writer.maybe_write(130.0) is True and said[1:] == [f"info: wrote {path} again"]
+    path.unlink()
+    assert writer.maybe_write(145.0) is True and path.exists()  # unchanged, rewritten
+    assert writer.maybe_write(146.0, force=True) is True and len(said) == 2
