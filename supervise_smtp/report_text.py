@@ -19,6 +19,11 @@ def _fit(line: str) -> str:
     return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
 
 
+def _n(count: object, noun: str) -> str:
+    """``1 connection``, ``2 connections``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _when(iso: object) -> str:
     """``2026-11-29T17:26:08Z`` as ``2026-11-29 17:26:08``; ``-`` for none."""
     return str(iso).replace("T", " ").rstrip("Z") if iso else "-"
@@ -54,7 +59,7 @@ def _remotes(out: list[str], top: dict[str, dict[str, object]]) -> None:
         rows = table["top"]
         assert isinstance(rows, list)
         note = "" if table["exact"] else ", counts approximate"
-        out.append(f"{verdict}: {table['connections']} connections{note}"
+        out.append(f"{verdict}: {_n(table['connections'], 'connection')}{note}"
                    + (" -- the broken mailers to contact" if verdict == "bare_lf" else ""))
         out.append(f"{'count':>9}  {'remote':<{_REMOTE_WIDTH}}  {'first seen (UTC)':<19}  "
                    "last seen (UTC)")
@@ -120,7 +125,7 @@ def render(t: dict[str, object]) -> str:
     out = ["supervise-smtp report", "=" * 21]
     out.append(f"period (UTC):  {_when(t['first_seen'])} .. {_when(t['last_seen'])}")
     out.append(f"connections:   {inp['summaries']}")
-    out.append(f"input:         {inp['files']} files, {inp['lines']} lines: "
+    out.append(f"input:         {_n(inp['files'], 'file')}, {_n(inp['lines'], 'line')}: "
                f"{inp['summaries']} summaries, {inp['events']} other events, "
                f"{inp['foreign']} foreign, {inp['malformed']} malformed")
     if inp["out_of_window"] or inp["filtered"]:

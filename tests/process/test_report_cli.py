@@ -84,7 +84,7 @@ def test_report_cli_text_output_and_filters(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "connections:   1\n" in proc.stdout
     assert "left out: 1 outside --since/--until, 1 by --remote/--verdict" in proc.stdout
-    assert "client_lost_after_data_end: 1 connections" in proc.stdout
+    assert "client_lost_after_data_end: 1 connection\n" in proc.stdout
     assert max(map(len, proc.stdout.splitlines())) <= 100
 
 
