@@ -351,3 +351,13 @@ def test_metrics_textfile_writer_rewrites_each_interval_and_warns_once(tmp_path)
     path.unlink()
     assert writer.maybe_write(145.0) is True and path.exists()  # unchanged, rewritten
     assert writer.maybe_write(146.0, force=True) is True and len(said) == 2
+
+
+def test_metrics_session_values_and_their_logged_line_count_the_same():
+    """A serve worker's record of the session's own values (ints, bytes, None) counts what
+    collect counts from the line those values were written as."""
+    for fields in (BARE_LF, QUEUED, CRASHED, {**QUEUED, "log_dropped": None, "signal": None}):
+        from_line, from_record = Metrics(), Metrics()
+        from_line.observe(line_fields(fields))
+        assert from_record.observe_record(record(fields)) == 1
+        assert samples(from_line) == samples(from_record)
