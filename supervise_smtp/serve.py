@@ -37,12 +37,13 @@ import select
 import signal
 import socket
 import time
+from typing import Any
 
 from supervise_smtp import serve_fds
 from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
-from supervise_smtp.serve_stats import ServeStats
+from supervise_smtp.serve_stats import DENY_STATUS, ServeStats
 from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
 from supervise_smtp.tcpenv import peer_of
 
@@ -75,6 +76,7 @@ def main(args: list[str]) -> int:
         return _daemon(cfg, family, address)
     server = Server(cfg)  # signals caught before anyone can know our port (-1)
     server.listen(_listen(family, address, cfg.backlog))
+    server.open_metrics()  # a port below 1024 needs the user we start as
     _switch_user(cfg.gid, cfg.uid)
     if cfg.print_port:
         os.write(1, b"%d\n" % server.sock.getsockname()[1])
@@ -97,6 +99,7 @@ def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
         server = Server(cfg)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         server.listen(sock)
+        server.open_metrics()
         _switch_user(cfg.gid, cfg.uid)
         return server.run()
     finally:
@@ -212,6 +215,8 @@ def _preload(cfg: ServeConfig) -> None:
         names.append("supervise_smtp.barelf")
     if cfg.rules is not None:
         names += ["supervise_smtp.rules", "cdblib"]  # rules.lookup imports cdblib lazily
+    if cfg.metrics_listen is not None or cfg.metrics_textfile is not None:
+        names.append("supervise_smtp.metrics_record")  # each worker's end-of-session record
     for name in names:
         try:
             importlib.import_module(name)
@@ -244,6 +249,11 @@ class Server:
         self.poller.register(self.wake_r, select.POLLIN)
         self.old_handlers: dict[int, object] = {}
         self.stats = ServeStats(cfg.stats_interval_s)
+        self.metrics: Any = None  # metrics.Metrics, with --metrics-listen or --metrics-textfile
+        self.http: Any = None  # metrics_http.MetricsHTTP, with --metrics-listen
+        self.http_polled: dict[int, int] = {}  # its descriptors in our poll set, and events
+        self.textfile_at: float | None = None  # the next --metrics-textfile write
+        self.textfile_error: str | None = None  # the last one logged (said once, not each time)
         self._catch_signals()
         short = serve_fds.make_room(cfg.limit, cfg.spare_workers)  # a descriptor per worker
         if short:
@@ -252,6 +262,50 @@ class Server:
 
     def listen(self, sock: socket.socket) -> None:
         self.sock = sock
+
+    def open_metrics(self) -> None:
+        """prometheus-client's registry, and the /metrics socket: the parent's alone.
+
+        Workers never touch them: each tells the parent its summary's
+        counters in its end-of-session message (metrics_record).
+        """
+        cfg = self.cfg
+        if cfg.metrics_listen is None and cfg.metrics_textfile is None:
+            return
+        from supervise_smtp.metrics import Metrics
+
+        self.metrics = Metrics(serve=True)
+        if cfg.metrics_textfile is not None:
+            self.textfile_at = time.monotonic()  # written once at start: the file exists
+        if cfg.metrics_listen is not None:
+            from supervise_smtp.metrics_http import MetricsHTTP
+
+            host, port = cfg.metrics_listen
+            self.http = MetricsHTTP(host, port, body=self._exposition)
+            try:
+                self.http.open()
+            except OSError as err:
+                raise TempError(f"unable to bind metrics {host}:{port}: {err.strerror}",
+                                err.errno) from err
+
+    def _exposition(self) -> bytes:
+        self.metrics.set_active(len(self.active))
+        return bytes(self.metrics.exposition())
+
+    def _write_textfile(self) -> None:
+        """--metrics-textfile: rewritten atomically; a failure is logged once, never fatal."""
+        assert self.cfg.metrics_textfile is not None
+        self.textfile_at = time.monotonic() + self.cfg.metrics_interval_s
+        try:
+            self.metrics.set_active(len(self.active))
+            self.metrics.write_textfile(self.cfg.metrics_textfile)
+            self.textfile_error = None
+        except OSError as err:
+            error = err.strerror or str(err)
+            if error != self.textfile_error:
+                self.textfile_error = error
+                self.log.error("serve_error", where="metrics_textfile",
+                               file=self.cfg.metrics_textfile, error=error, errno=err.errno)
 
     def run(self) -> int:
         """Serve until SIGTERM; 0."""
@@ -271,6 +325,10 @@ class Server:
             now = time.monotonic()
             if self.stats.due(now):
                 self._write_stats()
+            if self.textfile_at is not None and now >= self.textfile_at:
+                self._write_textfile()
+            if self.http is not None:
+                self.http.expire(now)
             self._trim(now)
             if not self.stopping:
                 self._accept()
@@ -278,7 +336,9 @@ class Server:
 
     def _deadline(self) -> float | None:
         """When the loop must wake without a client: statistics, or an idle worker to end."""
-        deadlines = [self.stats.next_at] if self.stats.next_at is not None else []
+        deadlines = [t for t in (self.stats.next_at, self.textfile_at) if t is not None]
+        if self.http is not None and (t := self.http.next_deadline()) is not None:
+            deadlines.append(t)
         if len(self.idle) > self.cfg.spare_workers:
             deadlines.append(self.idle[0].idle_since + IDLE_TRIM_S)
         return min(deadlines, default=None)
@@ -333,17 +393,38 @@ class Server:
             pause = self.paused_until - now
             timeout_s = pause if timeout_s is None else min(timeout_s, pause)
         ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000) + 1)
-        for fd, _ in self.poller.poll(ms):
+        if self.http is not None:
+            self._poll_http()
+        for fd, revents in self.poller.poll(ms):
             if fd == self.wake_r:
                 self._drain_wakeups()
             elif fd in self.by_fd:
                 self._hear(self.by_fd[fd])
+            elif self.http is not None and self.http.owns(fd):
+                self.http.handle(fd, revents)
+
+    def _poll_http(self) -> None:
+        """The /metrics sockets in the poll set as the endpoint wants them now."""
+        wanted = dict(self.http.wanted())
+        for fd in [fd for fd in self.http_polled if fd not in wanted]:
+            del self.http_polled[fd]
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
+        for fd, events in wanted.items():
+            if self.http_polled.get(fd) != events:
+                if fd in self.http_polled:
+                    self.poller.modify(fd, events)
+                else:
+                    self.poller.register(fd, events)
+                self.http_polled[fd] = events
 
     def _hear(self, worker: Worker) -> None:
         """What a worker said: a session's end (its status), or EOF (it is exiting)."""
         while worker.ctl is not None:
             try:
-                msg = worker.ctl.recv(64, socket.MSG_DONTWAIT)
+                msg = worker.ctl.recv(8192, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -351,13 +432,18 @@ class Server:
             if not msg:
                 self._unlink(worker)
                 return
-            if msg.startswith(DONE + b" ") and msg[2:].isdigit() and worker.pid in self.active:
-                self._ended(worker, int(msg[2:]))
+            head, _, record = msg.partition(b"\n")
+            if head.startswith(DONE + b" ") and head[2:].isdigit() and worker.pid in self.active:
+                self._ended(worker, int(head[2:]))
+                if record and self.metrics is not None:
+                    self.metrics.observe_record(record)
 
     def _ended(self, worker: Worker, status: int) -> None:
         """A session is over, with the wait status its own process would have had."""
         remote = self.active.pop(worker.pid, None)
         self.stats.ended(status)
+        if status == DENY_STATUS and self.metrics is not None:
+            self.metrics.denied()
         worker.served += 1
         self.log.status("end", remote=remote, pid=worker.pid, status=status,
                         active=len(self.active), limit=self.cfg.limit)
@@ -449,6 +535,8 @@ class Server:
         self.active[worker.pid] = peer_of(addr).ip
         if len(self.active) == self.cfg.limit:
             self.log.status("limit", active=len(self.active), limit=self.cfg.limit)
+            if self.metrics is not None:
+                self.metrics.limit_reached()
 
     def _spare(self) -> None:
         """The idle workers, forked before the first client needs one."""
@@ -498,6 +586,10 @@ class Server:
         while self.active and time.monotonic() < deadline:
             self._wait(deadline)
             self._reap()
+        if self.textfile_at is not None:
+            self._write_textfile()  # what the drained sessions added
+        if self.http is not None:
+            self.http.close()
         return 0
 
     # -- in the worker -----------------------------------------------------------

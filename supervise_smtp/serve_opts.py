@@ -29,6 +29,7 @@ __all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
 USAGE = ("usage: supervise-smtp serve [-1UXpPhHrRoOdDqQv] [-c limit] [-x rules.cdb] "
          "[-B banner] [-g gid] [-u uid] [-b backlog] [-l localname] [-t timeout] "
          "[--drain S] [--stats-interval S] [--worker-sessions N] [--spare-workers N] "
+         "[--metrics-listen ADDR:PORT] [--metrics-textfile F [--metrics-interval S]] "
          "[--daemon [--pidfile F] [--logfile F]] "
          "[wrapper options] host port [--] prog [args...]")
 
@@ -52,6 +53,9 @@ _SERVE_LONG = {"--drain": ("drain_s", "seconds"),
                "--stats-interval": ("stats_interval_s", "seconds"),
                "--worker-sessions": ("worker_sessions", "count"),
                "--spare-workers": ("spare_workers", "count"),
+               "--metrics-listen": ("metrics_listen", "listen"),
+               "--metrics-textfile": ("metrics_textfile", "path"),
+               "--metrics-interval": ("metrics_interval_s", "seconds"),
                "--daemon": ("daemon", None),
                "--pidfile": ("pidfile", "path"),
                "--logfile": ("logfile", "path")}
@@ -71,7 +75,8 @@ class ServeConfig:
                  "local_name", "rules", "allow_no_rules", "limit", "backlog", "banner",
                  "uid", "gid", "kill_ip_options", "nodelay", "print_port", "host", "port",
                  "options", "prog", "drain_s", "stats_interval_s", "daemon", "pidfile",
-                 "logfile", "worker_sessions", "spare_workers")
+                 "logfile", "worker_sessions", "spare_workers", "metrics_listen",
+                 "metrics_textfile", "metrics_interval_s")
 
     def __init__(self) -> None:
         self.verbosity = 1
@@ -101,6 +106,9 @@ class ServeConfig:
         self.logfile: str | None = None
         self.worker_sessions = 100  # connections a worker serves before a fresh one takes over
         self.spare_workers = 4  # idle workers kept ready
+        self.metrics_listen: tuple[str, int] | None = None  # --metrics-listen ADDR:PORT
+        self.metrics_textfile: str | None = None  # node_exporter's textfile, rewritten
+        self.metrics_interval_s = 15.0  # ... every S seconds
 
 
 def _number(letter: str, value: str, low: int = 0, high: int = 1 << 32) -> int:
@@ -210,18 +218,27 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
                 raise UsageError(f"bad value for {name}: an empty path")
             setattr(cfg, attr, value)
             return i + 1
+        if kind == "listen":
+            from supervise_smtp.metrics_http import parse_listen
+
+            try:
+                setattr(cfg, attr, parse_listen(value))
+            except ValueError as err:
+                raise UsageError(f"bad value for {name}: {err}") from None
+            return i + 1
         if kind == "count":
-            low = 1 if attr == "worker_sessions" else 0
-            if not (value.isdigit() and value.isascii() and low <= int(value) <= _MAX_COUNT):
+            fewest = 1 if attr == "worker_sessions" else 0
+            if not (value.isdigit() and value.isascii() and fewest <= int(value) <= _MAX_COUNT):
                 raise UsageError(f"bad value for {name}: {value!r} "
-                                 f"(a number from {low} to {_MAX_COUNT})")
+                                 f"(a number from {fewest} to {_MAX_COUNT})")
             setattr(cfg, attr, int(value))
             return i + 1
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not 0 <= seconds <= _MAX_DRAIN_S:
+        low = 0.1 if attr == "metrics_interval_s" else 0.0  # 0 would rewrite it in a loop
+        if not low <= seconds <= _MAX_DRAIN_S:
             raise UsageError(f"bad value for {name}: {value}")
         setattr(cfg, attr, seconds)
         return i + 1
@@ -298,6 +315,12 @@ prog`).  tcpserver's options mean what tcpserver(1) says:
                worker per connection)
   --spare-workers N
                idle workers kept ready for the next connections (default 4)
+  --metrics-listen ADDR:PORT
+               Prometheus metrics at http://ADDR:PORT/metrics, answered by the
+               parent's own loop (IPv4, [IPv6], or :PORT for every address)
+  --metrics-textfile F [--metrics-interval S]
+               the same metrics written to F (node_exporter's textfile
+               collector, mode 0644) every S seconds (default 15) and at exit
   --daemon [--pidfile F] [--logfile F]
                detach (umask 022, directory /), write the pid to F, append the
                lines to F (0600); for hosts without a supervisor, never under

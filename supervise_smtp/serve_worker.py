@@ -89,8 +89,9 @@ def serve_loop(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes],
         if not fds:
             continue
         failed = False
+        summary: dict[str, object] = {}
         try:
-            status = run_worker(cfg, log, base_env, fds[0], _decode_addr(msg[2:]))
+            status = run_worker(cfg, log, base_env, fds[0], _decode_addr(msg[2:]), summary)
         except Exception as exc:
             say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")
             status, failed = EXIT_TEMP << 8, True
@@ -102,12 +103,24 @@ def serve_loop(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes],
         _reap_orphans()
         served += 1
         try:
-            ctl.send(DONE + b" %d" % status, socket.MSG_NOSIGNAL)
+            ctl.send(DONE + b" %d\n" % status + _record(cfg, summary), socket.MSG_NOSIGNAL)
         except OSError:
             return 0
         if failed:
             return EXIT_TEMP
     return 0
+
+
+def _record(cfg: ServeConfig, summary: dict[str, object]) -> bytes:
+    """The summary's counters for the parent's metrics (metrics_record); none if off."""
+    if not summary or not (cfg.metrics_listen or cfg.metrics_textfile):
+        return b""
+    from supervise_smtp.metrics_record import record
+
+    try:
+        return record(summary)
+    except Exception:  # fail open: a metrics problem never costs the connection's end
+        return b""
 
 
 # What a session changes and the next one must find as the worker started.
@@ -127,7 +140,7 @@ def _reap_orphans() -> None:
 
 
 def run_worker(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes], fd: int,
-               addr: tuple[object, ...]) -> int:
+               addr: tuple[object, ...], summary: dict[str, object] | None = None) -> int:
     """One connection, start to end: the raw wait status tcpserver would see."""
     remote = peer_of(addr)
     conn = socket.socket(fileno=fd)
@@ -147,7 +160,7 @@ def run_worker(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes], f
     # The parent's own non-blocking description of the log pipe is the
     # session's too: its lines then need no writer thread (close-on-exec:
     # the child never sees it).
-    return _session(cfg, env, log.own_fd)
+    return _session(cfg, env, log.own_fd, summary)
 
 
 def _prepare(cfg: ServeConfig, conn: socket.socket, remote: Peer,
@@ -219,7 +232,8 @@ def _rule(cfg: ServeConfig, ip: str, info: str | None, host: str | None) -> Any:
                       error=os.strerror(code) if isinstance(code, int) else str(err)) from err
 
 
-def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = None) -> int:
+def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = None,
+             summary: dict[str, object] | None = None) -> int:
     """The per-connection wrapper's session; its process's wait status (cli.main's rules)."""
     from supervise_smtp import session
 
@@ -230,9 +244,11 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = Non
         else:
             os.environb.pop(key, None)
     try:
-        status = session.run(cfg.options, cfg.prog, env, log_fd)
+        status = session.run(cfg.options, cfg.prog, env, log_fd, summary)
     except TempError as err:
         say(f"supervise-smtp: fatal: {err}\n")
+        if summary is not None:  # its summary line said so: counted the same
+            summary.update(verdict="wrapper_error", stage="connect", exit=EXIT_TEMP)
         return EXIT_TEMP << 8
     if status.lost:
         return EXIT_TEMP << 8

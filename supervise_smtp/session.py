@@ -51,7 +51,7 @@ ANOMALY_EVENTS = frozenset({
 
 
 def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None,
-        log_fd: int | None = None) -> ExitStatus:
+        log_fd: int | None = None, summary: dict[str, object] | None = None) -> ExitStatus:
     """Supervise one connection; returns how the child ended (raises TempError: 111).
 
     ``env`` is the child's environment: by default exactly the one we were
@@ -59,12 +59,15 @@ def run(opts: Options, argv: list[str], env: dict[bytes, bytes] | None = None,
     for this connection.  Our own lines read TCPREMOTEIP and friends from it.
     ``log_fd``: an O_NONBLOCK description of the log pipe of our own (serve's
     workers inherit one from the parent), written without a thread.
+    ``summary``: filled with the summary line's fields (serve's metrics).
     """
     s = Session(opts, argv, env, log_fd)  # spawn: qmail-smtpd starts while we import the rest
     s.observe()
     s.relay()
     status = s.watch()
     verdict, line = s.diagnose(status)
+    if summary is not None:
+        summary.update(line)
     s.report(verdict, line)
     s.out.close(LOG_DRAIN_SECONDS)
     return status
