@@ -244,6 +244,61 @@ class TcpServer:
             kill_group(proc)
 
 
+class ServeServer(TcpServer):
+    """The same test through ``supervise-smtp serve`` in tcpserver's place.
+
+    An argv that runs the wrapper (``wrapper_argv() [options] -- prog...``)
+    becomes ``serve -v -R -H -l 0 [tcpserver opts] [options] 127.0.0.1 PORT
+    prog...``, the switch a run script makes with SERVE=1; any other argv
+    (a parity run of the bare child) still runs under the real tcpserver.
+    The end of a connection is serve's ``event=end pid= status=`` line.
+    """
+
+    def start(self, tries: int = 5, timeout: float = 10.0) -> TcpServer:
+        head = wrapper_argv()
+        if self.argv[:len(head)] != head or "--" not in self.argv:
+            self.served = False
+            return super().start(tries, timeout)
+        self.served = True
+        rest = self.argv[len(head):]
+        cut = rest.index("--")
+        options, prog = rest[:cut], rest[cut + 1:]
+        for _ in range(tries):
+            self.port = free_port()
+            with open(self.log_path, "wb") as err:
+                self.proc = subprocess.Popen(
+                    [*head, "serve", "-v", "-R", "-H", "-l", "0", *self.opts, *options,
+                     "127.0.0.1", str(self.port), "--", *prog],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    env=self.env, start_new_session=True, preexec_fn=no_core_dumps,
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if "event=listen " in self.log():
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            else:
+                self.stop()
+                raise AssertionError(f"serve did not start: {self.log()!r}")
+            self.stop()
+        raise AssertionError(f"serve could not bind after {tries} tries: {self.log()!r}")
+
+    def end_statuses(self, count: int = 1, timeout: float = 15.0) -> dict[int, int]:
+        if not self.served:
+            return super().end_statuses(count, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            ends = [(int(e["pid"]), int(e["status"])) for e in events(self.log())
+                    if e["event"] == "end"]
+            if len(ends) >= count:
+                return dict(ends[:count])  # one connection per test: pids do not repeat
+            if time.monotonic() > deadline:
+                raise AssertionError(f"want {count} end lines: {self.log()!r}")
+            time.sleep(0.01)
+
+
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """TERM, then KILL, the process group led by ``proc``; reap ``proc``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

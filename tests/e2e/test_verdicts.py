@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,7 @@ from helpers import (
     SCANNER,
     SMTPD,
     SMTPLF,
+    ServeServer,
     SmtpClient,
     TcpServer,
     check_fields,
@@ -42,6 +43,25 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["tcpserver", "serve"])
+def tcpserver(request, tmp_path: Path) -> Iterator[Callable[..., TcpServer]]:
+    """Every verdict twice: the wrapper under the real tcpserver, and the same
+    wrapper options under ``supervise-smtp serve`` (the SERVE=1 switch): same
+    summary, same status.  Parity runs of the bare child stay on tcpserver."""
+    kind = ServeServer if request.param == "serve" else TcpServer
+    started: list[TcpServer] = []
+
+    def start(argv: list[str], env: dict[str, str] | None = None,
+              opts: tuple[str, ...] = ()) -> TcpServer:
+        server = kind(argv, tmp_path, env=env, opts=opts)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
 
 def _parity(tcpserver: Callable[..., TcpServer], argv: list[str], env: dict[str, str],
             scenario: Callable[[TcpServer, bool], object]) -> int:
