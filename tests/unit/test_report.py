@@ -368,3 +368,15 @@ def test_report_never_raises_on_any_line(text):
     inp = t.tables()["input"]
     assert inp["lines"] == 4
     assert (inp["summaries"] + inp["events"] + inp["foreign"] + inp["malformed"]) == 4
+
+
+def test_report_queue_hours_text_keeps_the_first_and_last_day():
+    """Queue failures in 60 different hours: the text shows the first 24 and the last 24."""
+    t = Tally(None, "daemontools")
+    t.feed([stamp("multilog", T0 + h * 3600) + _line(_summary("192.0.2.2", h, "queue_temp_fail"))
+            for h in range(60)])
+    tables = t.tables()
+    assert len(tables["queue_failures_per_hour"]) == 60
+    text = render(tables)
+    assert "2026-11-29 10:00" in text and "2026-12-01 21:00" in text
+    assert "2026-11-30 10:00" not in text and "... 12 more hours ..." in text
