@@ -193,17 +193,22 @@ def test_service_dir_restarts_cleanly(service, suite):
     _restarts(srv)
 
 
-def test_runit_service_dir_with_serve_1(service):
-    """SERVE=1 in the shipped runit dir's conf: supervise-smtp serve in tcpserver's place
-    under the real runsv + svlogd; a message is delivered, the session's lines and the
-    parent's (-v) reach svlogd's log, and ``sv down`` stops serve (exit 0)."""
-    srv = service("runit", {"SERVE": "1"})
+DOWN = {"runit": ["sv", "down"], "daemontools": ["svc", "-d"], "s6": ["s6-svc", "-d"]}
+
+
+@pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
+def test_service_dir_with_serve_1(service, suite):
+    """SERVE=1 in the shipped dir's settings (runit's conf, env/SERVE for daemontools and
+    s6): supervise-smtp serve in tcpserver's place under the real supervisor and logger;
+    a message is delivered, the session's lines and the parent's (-v) reach the log, and
+    taking the service down stops serve (exit 0, the port closed)."""
+    srv = service(suite, {"SERVE": "1"})
     srv.banner()
     (parent,) = _poll("one serve parent", srv.serves)  # type: ignore[misc]
     assert srv.tcpservers() == []
     out = _swaks(srv.port)
     assert re.search(r"^<-  250 ok \d+ qp \d+", out, re.M), out
-    stamp = STAMPS["runit"]
+    stamp = STAMPS[suite]
     srv.wait_log(rf"^{stamp}event=listen pid={parent} local=127\.0\.0\.1 "
                  rf"local_port={srv.port} limit=10 ")
     summary = srv.wait_log(rf"^{stamp}event=summary remote=127\.0\.0\.1 pid=(\d+) "
@@ -213,17 +218,17 @@ def test_runit_service_dir_with_serve_1(service):
     srv.wait_log(rf"^{stamp}event=child_exit remote=127\.0\.0\.1 pid={worker} .*\bexit=0\b")
     srv.wait_log(rf"^{stamp}event=end remote=127\.0\.0\.1 pid={worker} status=0 ")
     assert "tcpserver:" not in srv.log()
-    subprocess.run(["sv", "down", str(srv.svc)], check=True, env=srv.env,
+    subprocess.run([*DOWN[suite], str(srv.svc)], check=True, env=srv.env,
                    capture_output=True, timeout=10)
     _poll("serve to stop", lambda: not srv.serves())
     srv.wait_log(rf"^{stamp}event=stop signal=SIGTERM active=0 ")
+    if suite == "runit":
+        def status() -> str:
+            return subprocess.run(["sv", "status", str(srv.svc)], env=srv.env,
+                                  capture_output=True, text=True, timeout=10).stdout
 
-    def status() -> str:
-        return subprocess.run(["sv", "status", str(srv.svc)], env=srv.env,
-                              capture_output=True, text=True, timeout=10).stdout
-
-    # runsv notices its child's exit a moment after the process is gone
-    _poll("sv status down", lambda: status().startswith("down: "))
+        # runsv notices its child's exit a moment after the process is gone
+        _poll("sv status down", lambda: status().startswith("down: "))
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
 
