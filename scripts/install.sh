@@ -26,15 +26,16 @@
 # Every run builds a new release beside the old ones, checks that an
 # unprivileged user can run a session with it, then swaps `current`.  The
 # release it replaced is kept (connections still running from it import
-# modules lazily; `sv restart` goes back to it with `ln -sfn`); older ones are
-# removed unless a running process still uses them (they go on a later run).
+# modules lazily; `ln -sfn releases/OLD PREFIX/current` goes back to it, in one
+# rename with GNU ln); older ones are removed unless a running process still
+# uses them (they go on a later run).
 #
 # Source: this checkout (with network access to PyPI for the dependencies),
 # or --wheel FILE: a wheel built with `pip wheel -w DIR .`, installed with
 # the other wheels of DIR and nothing from the network (pip --no-index).
 # --build-wheels DIR does that `pip wheel` from this checkout and copies this
 # script beside the wheels: copy DIR to a host without a checkout or network
-# (same architecture, Python 3.11 or newer) and run
+# (same architecture and Python version: some wheels are binary) and run
 # `sh DIR/install.sh --wheel DIR/supervise_smtp-VERSION-py3-none-any.whl`.
 #
 # Exit codes: 0 done (or nothing to uninstall); 100 usage error, nothing
