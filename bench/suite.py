@@ -121,7 +121,20 @@ class ServeServer(Server):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-        return {"rss_kb": rss, "fds": len(parent_fds(pid))}
+        uss = [_uss_kb(w) for w in _children(pid)]
+        uss = [u for u in uss if u is not None]
+        return {"rss_kb": rss, "fds": len(parent_fds(pid)), "workers": len(uss),
+                "worker_uss_kb": int(sum(uss) / len(uss)) if uss else 0}
+
+
+def _uss_kb(pid: int) -> int | None:
+    """Memory that is the worker's alone (Private_Clean + Private_Dirty), what psutil calls USS."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("Private_Clean:", "Private_Dirty:")))
 
 
 def _children(pid: int) -> list[int]:
@@ -538,7 +551,8 @@ def report(results: dict[str, object]) -> str:
     if parent:
         lines.append(f"\nserve parent: RSS {parent['start']['rss_kb']} -> "
                      f"{parent['end']['rss_kb']} KiB, fds {parent['start']['fds']} -> "
-                     f"{parent['end']['fds']} over the run")
+                     f"{parent['end']['fds']} over the run; {parent['end'].get('workers', 0)} "
+                     f"workers left, USS {parent['end'].get('worker_uss_kb', 0)} KiB each")
     obs = value(results, "observer", "observer alone", "mb_s")
     if obs is not None:
         lines.append(f"\nobserver alone: {obs:.0f} MB/s (clean DATA body, 128 KiB chunks)")
