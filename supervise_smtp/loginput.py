@@ -69,6 +69,8 @@ class Inputs:
         self.files = 0
         self.read_errors: list[str] = []
         self.current: str | None = None
+        # (path, modification time, last line) of each regular file read
+        self.tails: list[tuple[str, float, str]] = []
 
     def _open(self, path: str) -> tuple[BinaryIO, BinaryIO]:
         """(the stream to read lines from, the file under it)."""
@@ -91,9 +93,13 @@ class Inputs:
             self.current = path
             stream, raw = self._open(path)
             self.files += 1
+            last = None
             try:
                 for line in stream:
-                    yield line.rstrip(b"\r\n").decode("latin-1")
+                    last = line.rstrip(b"\r\n").decode("latin-1")
+                    yield last
+                if last is not None and path != STDIN:
+                    self.tails.append((path, os.fstat(raw.fileno()).st_mtime, last))
             except (OSError, EOFError, zlib.error) as err:
                 self.read_errors.append(f"{path}: {err}")
             finally:

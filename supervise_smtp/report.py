@@ -40,7 +40,14 @@ from supervise_smtp.diagnose import VERDICTS
 from supervise_smtp.errors import UsageError
 from supervise_smtp.loginput import Inputs, expand
 from supervise_smtp.logparse import FOREIGN, MALFORMED, parse_event
-from supervise_smtp.logstamp import KIND_NONE, SCALE_DAEMONTOOLS, SCALES, StampReader
+from supervise_smtp.logstamp import (
+    KIND_NONE,
+    KIND_TAI64N,
+    SCALE_DAEMONTOOLS,
+    SCALE_S6,
+    SCALES,
+    StampReader,
+)
 from supervise_smtp.topk import Capped, TopK
 
 __all__ = ["ABNORMAL", "Filters", "Tally", "main", "parse_args", "parse_time"]
@@ -273,7 +280,8 @@ class Tally:
 
     # -- the tables ---------------------------------------------------------
 
-    def tables(self, files: int = 0, read_errors: list[str] | None = None) -> dict[str, object]:
+    def tables(self, files: int = 0, read_errors: list[str] | None = None,
+               notes: list[str] | None = None) -> dict[str, object]:
         """Every table, as plain data: what --json prints and the text is made of."""
         top = self.top
         counted = dict
@@ -302,6 +310,7 @@ class Tally:
                 "events": self.events.total(), "foreign": self.foreign,
                 "malformed": self.malformed, "out_of_window": self.out_of_window,
                 "filtered": self.filtered, "read_errors": list(read_errors or ()),
+                "notes": list(notes or ()),
                 "stamps": counted(sorted(self.stamp_kinds.items())),
                 "unstamped": self.stamp_kinds.get(KIND_NONE, 0),
             },
@@ -332,6 +341,31 @@ class Tally:
                       "queue_signals": counted(self.queue_signals.most_common())},
             "log_dropped": self.log_dropped,
         }
+
+
+# A log service writes each line the moment it stamps it, so a file's
+# modification time is its last label's instant.  A label read with the other
+# scale is off by TAI-UTC - 10 (27 s since 2017): a hint, never a decision.
+_SCALE_HINT_S = (20.0, 35.0)
+
+
+def scale_notes(tails: list[tuple[str, float, str]], scale: str) -> list[str]:
+    """A note for each file whose last TAI64N label, read with ``scale``, looks
+    like the other logger's clock next to the file's modification time."""
+    reader = StampReader(scale)
+    other = SCALE_S6 if scale == SCALE_DAEMONTOOLS else SCALE_DAEMONTOOLS
+    low, high = _SCALE_HINT_S
+    notes = []
+    for path, mtime, line in tails:
+        kind, when, _ = reader.split(line)
+        if kind != KIND_TAI64N or when is None:
+            continue
+        ahead = when - mtime if scale == SCALE_DAEMONTOOLS else mtime - when
+        if low <= ahead <= high:
+            writer = "s6-log t" if other == SCALE_S6 else "multilog or svlogd"
+            notes.append(f"{path}: its last label reads {abs(when - mtime):.0f} s from the "
+                         f"file's mtime: written by {writer}? try --tai64n {other}")
+    return notes
 
 
 def iso(when: float | None, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str | None:
@@ -423,7 +457,10 @@ def main(args: list[str]) -> int:
     tally.feed(inputs.lines())
     for error in inputs.read_errors:
         sys.stderr.write(f"supervise-smtp report: warning: {error}\n")
-    tables = tally.tables(inputs.files, inputs.read_errors)
+    notes = scale_notes(inputs.tails, ns.tai64n)
+    for note in notes:
+        sys.stderr.write(f"supervise-smtp report: note: {note}\n")
+    tables = tally.tables(inputs.files, inputs.read_errors, notes)
     if ns.json:
         sys.stdout.write(json.dumps(tables, indent=1) + "\n")
     else:

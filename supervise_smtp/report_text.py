@@ -134,6 +134,8 @@ def render(t: dict[str, object]) -> str:
     out.append(f"timestamps:    {_inline(inp['stamps'])} (tai64n read as {t['tai64n']})")
     for error in inp["read_errors"]:
         out.append(f"read error:    {error}")
+    for note in inp["notes"]:
+        out.append(f"note:          {note}")
     if t["log_dropped"]:
         out.append(f"log_dropped:   {t['log_dropped']} event lines the wrappers could not log")
     total = int(inp["summaries"])

@@ -68,7 +68,10 @@ def _report(*args: str) -> dict[str, object]:
     proc = subprocess.run([*wrapper_argv(), "report", "--json", *args], env=ENV,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    assert [f"supervise-smtp report: note: {n}" for n in doc["input"]["notes"]] == (
+        proc.stderr.splitlines())
+    return doc
 
 
 def _utc(iso: object) -> int:
@@ -84,8 +87,8 @@ def test_report_reads_what_the_real_logger_wrote(logger, tmp_path):
     doc = _report("--tai64n", scale, str(logdir))
     assert doc["input"] == {
         "files": 1, "lines": 8, "summaries": 3, "events": 1, "foreign": 3, "malformed": 1,
-        "out_of_window": 0, "filtered": 0, "read_errors": [], "stamps": {kind: 8},
-        "unstamped": 0}
+        "out_of_window": 0, "filtered": 0, "read_errors": [], "notes": [],
+        "stamps": {kind: 8}, "unstamped": 0}
     assert doc["verdicts"] == {"bare_lf": 1, "client_lost_after_data_end": 1, "ok": 1}
     [row] = doc["top_remotes"]["bare_lf"]["top"]
     assert (row["remote"], row["helo_name"], row["mail_from_domain"]) == (
@@ -100,6 +103,19 @@ def test_report_s6_labels_read_with_the_wrong_scale_are_27_seconds_late(tmp_path
     """The same s6-log t directory read as daemontools' labels: TAI-UTC (37) minus 10."""
     logdir = tmp_path / "main"
     _write("s6-log t", logdir)
-    right = _utc(_report("--tai64n", "s6", str(logdir))["first_seen"])
-    wrong = _utc(_report(str(logdir))["first_seen"])  # the default scale: daemontools
-    assert wrong - right == 27
+    right = _report("--tai64n", "s6", str(logdir))
+    wrong = _report(str(logdir))  # the default scale: daemontools
+    assert _utc(wrong["first_seen"]) - _utc(right["first_seen"]) == 27
+    # the file's mtime gives the clock away: a note, not a decision
+    [note] = wrong["input"]["notes"]
+    assert note.startswith(f"{logdir / 'current'}: its last label reads 27 s from the file's "
+                           "mtime: written by s6-log t? try --tai64n s6"), note
+    assert right["input"]["notes"] == []
+
+
+def test_report_multilog_read_as_s6_gets_the_opposite_note(tmp_path):
+    """multilog's labels read as TAI: 27 s early, and the note names the other scale."""
+    logdir = tmp_path / "main"
+    _write("multilog t", logdir)
+    [note] = _report("--tai64n", "s6", str(logdir))["input"]["notes"]
+    assert note.endswith("written by multilog or svlogd? try --tai64n daemontools"), note

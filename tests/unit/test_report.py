@@ -170,7 +170,7 @@ def test_report_exact_counts_in_every_stamp_format(fmt, paris):
     assert tables["input"] == {
         "files": 0, "lines": n_lines, "summaries": N_SUMMARIES, "events": N_EVENTS,
         "foreign": len(FOREIGN_LINES) + 1, "malformed": N_MALFORMED_TEXT + (fmt != "plain"),
-        "out_of_window": 0, "filtered": 0, "read_errors": [],
+        "out_of_window": 0, "filtered": 0, "read_errors": [], "notes": [],
         "stamps": {stamped: n_lines - (fmt != "plain")},
         "unstamped": n_lines if fmt == "plain" else 0,
     }
