@@ -171,7 +171,7 @@ def check_log(directory: str) -> list[Finding]:
                                                            "arguments"))
             return out + _check_log_dirs(log_dir, commands, values, args, k)
     return out + [Finding("warning", "log/run: no multilog, svlogd or s6-log found",
-                          "log with multilog t, svlogd -tt or s6-log T")]
+                          "log with multilog t, svlogd -tt or s6-log t")]
 
 
 def _or_unknown(values: list[str] | None) -> list[str | None]:
