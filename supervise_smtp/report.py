@@ -34,6 +34,7 @@ import re
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from supervise_smtp.diagnose import VERDICTS
@@ -171,14 +172,14 @@ class Tally:
 
     # -- reading ------------------------------------------------------------
 
-    def feed(self, lines: object) -> None:
+    def feed(self, lines: Iterable[str]) -> None:
         """Tally each line of an iterable of text lines (no line ends)."""
         split = self.stamps.split
         filters = self.filters
         timed = filters.timed
         in_window = filters.in_window
         kinds = self.stamp_kinds
-        for line in lines:  # type: ignore[attr-defined]
+        for line in lines:
             self.lines += 1
             kind, when, text = split(line)
             if kind is None:
@@ -284,7 +285,6 @@ class Tally:
                notes: list[str] | None = None) -> dict[str, object]:
         """Every table, as plain data: what --json prints and the text is made of."""
         top = self.top
-        counted = dict
         remotes: dict[str, object] = {}
         for verdict in ABNORMAL:
             sketch = self.remotes[verdict]
@@ -311,34 +311,34 @@ class Tally:
                 "malformed": self.malformed, "out_of_window": self.out_of_window,
                 "filtered": self.filtered, "read_errors": list(read_errors or ()),
                 "notes": list(notes or ()),
-                "stamps": counted(sorted(self.stamp_kinds.items())),
+                "stamps": dict(sorted(self.stamp_kinds.items())),
                 "unstamped": self.stamp_kinds.get(KIND_NONE, 0),
             },
             "tai64n": self.scale,
             "first_seen": iso(self.first),
             "last_seen": iso(self.last),
-            "verdicts": counted(self.verdicts.most_common()),
-            "stages": counted(self.stages.most_common()),
-            "reply_codes": counted(self.reply_codes.most_common()),
-            "refusal_codes": counted(self.refusal_codes.most_common()),
-            "events": counted(self.events.most_common()),
+            "verdicts": dict(self.verdicts.most_common()),
+            "stages": dict(self.stages.most_common()),
+            "reply_codes": dict(self.reply_codes.most_common()),
+            "refusal_codes": dict(self.refusal_codes.most_common()),
+            "events": dict(self.events.most_common()),
             "top_remotes": remotes,
             "queue_failures_per_hour": hours,
-            "queue_failure_meanings": counted(self.queue_meanings.most_common()),
+            "queue_failure_meanings": dict(self.queue_meanings.most_common()),
             "tls": {"connections": self.tls,
-                    "versions": counted(self.tls_versions.most_common()),
-                    "ciphers": counted(self.tls_ciphers.most_common())},
+                    "versions": dict(self.tls_versions.most_common()),
+                    "ciphers": dict(self.tls_ciphers.most_common())},
             "duplicate_risk": {
                 "queued_yes_reply_not_delivered": self.duplicates["yes"],
                 "queued_unknown": self.duplicates["unknown"],
                 "recent": [{**row, "time": iso(row["time"])}  # type: ignore[arg-type]
                            for row in self.duplicate_rows],
             },
-            "child": {"signals": counted(self.signals.most_common()), "cores": self.cores,
-                      "exits": counted(self.exits.most_common()),
+            "child": {"signals": dict(self.signals.most_common()), "cores": self.cores,
+                      "exits": dict(self.exits.most_common()),
                       "parent_died": self.parent_died.total(),
-                      "parent_died_by_verdict": counted(self.parent_died.most_common()),
-                      "queue_signals": counted(self.queue_signals.most_common())},
+                      "parent_died_by_verdict": dict(self.parent_died.most_common()),
+                      "queue_signals": dict(self.queue_signals.most_common())},
             "log_dropped": self.log_dropped,
         }
 
