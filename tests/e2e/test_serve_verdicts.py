@@ -134,10 +134,26 @@ def run_both(tmp_path: Path, need: Callable[[str], str],
 
 
 def _comparable(line: dict[str, str]) -> dict[str, str]:
+    """A line without what differs from run to run.
+
+    The double's ``250 ok <time> qp <pid>`` differs in its digits, so a
+    session that queued a message has bytes_out within a few bytes of the
+    other run's, not equal: it is kept as ``~`` plus its value rounded.
+    """
     out = {k: v for k, v in line.items() if k not in VOLATILE}
     if "last_reply" in out:
         out["last_reply"] = re.sub(r"^250 ok \d+ qp \d+$", "250 ok N qp N", out["last_reply"])
+    if line.get("queued") == "yes" or line.get("event") == "disconnect":
+        if "bytes_out" in out:
+            out["bytes_out"] = "~"  # compared with _near below
     return out
+
+
+def _near(a: dict[str, str], b: dict[str, str]) -> bool:
+    """bytes_out within the digits a ``250 ok`` reply may differ by."""
+    if "bytes_out" not in a:
+        return "bytes_out" not in b
+    return abs(int(a["bytes_out"]) - int(b.get("bytes_out", "-99"))) <= 8
 
 
 @pytest.mark.parametrize("scenario", [ok, bare_lf, rejected, lost_in_body, crashed, stopped],
@@ -148,6 +164,7 @@ def test_serve_verdict_same_as_wrapper(run_both, scenario):
     assert [e["event"] for e in served] == [e["event"] for e in wrapped]
     for a, b in zip(wrapped, served, strict=True):
         assert _comparable(b) == _comparable(a)
+        assert _near(a, b), (a, b)
     assert served_status == wrapped_status
     assert served[-1]["verdict"] != "unknown"
 
@@ -198,4 +215,5 @@ def test_one_worker_plays_every_scenario_like_fresh_wrappers(tmp_path, need, wra
         assert [e["event"] for e in lines] == [e["event"] for e in want], scenario.__name__
         for a, b in zip(want, lines, strict=True):
             assert _comparable(b) == _comparable(a), scenario.__name__
+            assert _near(a, b), (scenario.__name__, a, b)
         assert status == want_status, scenario.__name__
