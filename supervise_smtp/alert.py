@@ -12,8 +12,10 @@ whatever the verdict.  ``client_lost_after_*`` stands for every
 Rate limit (``--alert-rate N/PERIOD``, needs ``--state-dir``): a sliding
 window of the last N send times plus the count of alerts suppressed since the
 last one sent, in ``DIR/alert.state`` (the dir is created 0700, the file
-0600), read and written under ``fcntl.flock`` so that the many wrapper
-processes of one tcpserver share it.  Wall-clock times: a send time in the
+0600 and never through a symlink; a directory another user could write is
+refused, safedir.py, and the alert is then an error, not sent), read and
+written under ``fcntl.flock`` so that the many wrapper processes of one
+tcpserver share it.  Wall-clock times: a send time in the
 future (the clock was set back) is dropped rather than trusted, so that a
 clock step can cost at most an extra alert, never silence alerts.  A send is
 recorded only once the program was started; a program that cannot be started
@@ -175,6 +177,11 @@ def _limited(prog: str, rate: tuple[int, float], state_dir: str, verdict: str,
 
     count, period = rate
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    from supervise_smtp.safedir import refusal
+
+    reason = refusal(state_dir)
+    if reason:  # another user could rewrite the state: no alert rather than a forged budget
+        return {"action": "error", "error": f"refused --state-dir: {reason}"[:200]}
     fd = os.open(os.path.join(state_dir, STATE_FILE),
                  os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

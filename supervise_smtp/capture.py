@@ -17,8 +17,11 @@ of lines are kept, then one ``[truncated]`` line.  ``finish(verdict)`` keeps
 the transcript (atomic rename to ``<start UTC>-<remote>-<pid>.txt``) only when
 ``when`` is None (always) or holds the verdict, else deletes it.
 
-Any OSError (missing parent directory, permission, ENOSPC) switches capture
-off for the rest of the connection and is kept in ``error``; ``event`` and
+A directory that another user could write (group- or world-writable
+without the sticky bit, or owned by someone else than us or root:
+safedir.py) is refused the same way.  Any OSError (missing parent
+directory, permission, ENOSPC) switches capture off for the rest of the
+connection and is kept in ``error``; ``event`` and
 ``finish`` never raise, so the SMTP session is never affected.  The caller
 logs one ``capture_error`` event from ``error``.
 """
@@ -291,6 +294,11 @@ class Capture:
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
             pass
+        from .safedir import refusal
+
+        reason = refusal(self.directory)
+        if reason:  # another user could swap our files there: no transcript
+            raise OSError(None, f"refused: {reason}")
         # mkstemp's way without tempfile's imports: an unguessable name,
         # created exclusively, never through a symlink, 0600 from the start.
         for _ in range(10):

@@ -149,8 +149,10 @@ OPTIONS: tuple[Row, ...] = (
      "At most *N* alerts per *PERIOD* across connections (PERIOD in seconds, or with a "
      "unit s, m, h or d: `10/1h`)."),
     ("--state-dir", "DIR", "state_dir", None, _text, (),
-     "where the alert rate state lives (0700)",
-     "Where the alert rate state lives (created 0700)."),
+     "where the alert rate state lives (0700; refused when another user could write it)",
+     "Where the alert rate state lives (created 0700).  A directory another user could "
+     "write (group- or world-writable without the sticky bit, or owned by someone else "
+     "than this user or root) is refused: the alert is then `event=alert action=error`."),
     ("--idle-timeout", "S", "idle_timeout_s", 0.0, _seconds, (),
      "no byte either way for S seconds: 421 and close (off by default: qmail-smtpd's own "
      "timeout rules)",
@@ -181,8 +183,10 @@ OPTIONS: tuple[Row, ...] = (
      "temporary name and renamed, named `<time>-<remote>-<pid>.txt`): recordio-style "
      "`PID < text` / `PID > text` lines with timestamps, commands and replies escaped, AUTH "
      "replaced by `[auth redacted]`, the DATA body by its size and anomaly counts, TLS by "
-     "record summaries.  A capture failure (missing directory, full disk) is one "
-     "`capture_error` line and never touches the SMTP session."),
+     "record summaries.  A capture failure (missing directory, full disk, or a directory "
+     "another user could write: group- or world-writable without the sticky bit, or owned "
+     "by someone else than this user or root) is one `capture_error` line and never "
+     "touches the SMTP session.  No part of a file name comes from what the client says."),
     ("--capture-when", "always|VERDICTS", "capture_when", None, _capture_verdicts,
      ("--capture",),
      "always (default), or only for these verdicts (comma list: bare_lf,server_crashed)",

@@ -94,7 +94,7 @@ def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
     # A SIGTERM as soon as the pidfile is there must stop us through Server's
     # handler (which removes the pidfile), not kill us: blocked until then.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    context = serve_daemon.detach(sock, cfg.pidfile, cfg.logfile)
+    context = serve_daemon.detach(sock, cfg.pidfile, cfg.logfile, cfg.uid)
     try:  # in the daemon now: errors go to the log file
         server = Server(cfg)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -6,10 +6,14 @@ command returns once serve is bound, and the server goes on in the
 background -- double fork, new session, umask 022, working directory /,
 stdin and stdout on /dev/null, fd 2 the log file (created 0600, appended
 to; /dev/null without --logfile), the pidfile written by the detached
-process and removed when it stops.
+process and removed when it stops.  The pidfile is lockfile's: created
+with O_EXCL (so never through a symlink) and 0644, the one file of ours
+others may read, as pidfiles are (a pid is no secret: /proc shows it).
 
 What can fail is checked before detaching, on the caller's terminal and
-exit status: the log file must open, a pidfile naming a live process
+exit status: the pidfile's directory must be one no other user may write
+(safedir.py; -u's user may own it), the log file must open (never
+through a symlink), a pidfile naming a live process, or a symlink,
 refuses the start (111; a stale one is replaced), the port must bind.  The
 pidfile is written before -u/-g switch user; its removal at the end needs
 a directory that user may write, else it stays behind (stale, replaced at
@@ -31,15 +35,16 @@ import socket
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["check_pidfile", "open_logfile", "detach"]
+__all__ = ["check_pidfile", "check_pidfile_dir", "open_logfile", "detach"]
 
 
 def open_logfile(path: str | None) -> int | None:
-    """fd of the log file, opened for appending (created 0600), or None."""
+    """fd of the log file, opened for appending (created 0600, never through a symlink)."""
     if path is None:
         return None
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o600)
     except OSError as err:
         raise TempError(f"unable to open log file {path}: {err.strerror}", err.errno) from err
 
@@ -47,12 +52,17 @@ def open_logfile(path: str | None) -> int | None:
 def check_pidfile(path: str) -> None:
     """Refuse a pidfile that names a live process; remove a stale one."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(64).strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     except OSError as err:
         raise TempError(f"unable to read pidfile {path}: {err.strerror}", err.errno) from err
+    try:
+        text = os.read(fd, 64).strip()
+    except OSError as err:
+        raise TempError(f"unable to read pidfile {path}: {err.strerror}", err.errno) from err
+    finally:
+        os.close(fd)
     pid = int(text) if text.isdigit() else 0
     if pid > 0:
         try:
@@ -72,16 +82,35 @@ def check_pidfile(path: str) -> None:
                         err.errno) from err
 
 
-def detach(sock: socket.socket, pidfile: str | None, logfile: str | None) -> object:
+def check_pidfile_dir(pidfile: str, owner: int = 0) -> None:
+    """Refuse a pidfile directory another user could write (safedir.py); ``owner``:
+    -u's uid, trusted too (the server, as that user, removes its pidfile there)."""
+    from supervise_smtp.safedir import refusal
+
+    directory = os.path.dirname(pidfile) or "."
+    try:
+        reason = refusal(directory, (owner,) if owner else ())
+    except OSError as err:
+        raise TempError(f"unable to use pidfile directory {directory}: {err.strerror}",
+                        err.errno) from err
+    if reason:
+        raise TempError(f"refused pidfile directory: {reason}")
+
+
+def detach(sock: socket.socket, pidfile: str | None, logfile: str | None,
+           owner: int = 0) -> object:
     """Become the daemon (returns in it; the caller's process exits 0); the open context.
 
-    ``close(context)`` at the end removes the pidfile.
+    ``owner``: the uid -u switches to (0: none), trusted with the pidfile's
+    directory.  ``close(context)`` at the end removes the pidfile.
     """
     import daemon
     import daemon.pidfile
 
     pidfile = os.path.abspath(pidfile) if pidfile else None
     logfile = os.path.abspath(logfile) if logfile else None
+    if pidfile:
+        check_pidfile_dir(pidfile, owner)
     log_fd = open_logfile(logfile)
     if pidfile:
         check_pidfile(pidfile)

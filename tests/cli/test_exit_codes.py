@@ -323,6 +323,7 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
     for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.procfs",
                  "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.observer.tls",
                  "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
+                 "supervise_smtp.safedir", "supervise_smtp.serve_fds",
                  "json", "re", "subprocess", "argparse", "psutil",
                  "supervise_smtp.rules", "cdblib", "daemon", "prometheus_client",
                  "supervise_smtp.serve", "supervise_smtp.serve_stats",
