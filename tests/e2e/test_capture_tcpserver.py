@@ -35,6 +35,7 @@ def test_capture_kept_only_for_matching_verdict(tcpserver, wrapper, tmp_path):
     assert _send(server.port, BODY)[0].startswith(b"451 See ")
     first, second = _summaries(server, 2)
     assert (first["verdict"], second["verdict"]) == ("ok", "bare_lf")
+    server.wait_for(r"^event=capture ")  # the transcript is renamed in place after the summary
     files = sorted(cap.iterdir())
     assert [f.name.endswith(f"-127.0.0.1-{second['pid']}.txt") for f in files] == [True]
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600

@@ -4,9 +4,11 @@ The soak: after a warm-up of 1,000 connections, SERVE_SOAK_COUNT (10,000,
 the CI figure: ~35 s on the 2-core box) short connections -- banner + QUIT
 from the C client bench/smtp_blast.c to the C responder bench/smtp_sink.c
 behind each worker -- and the parent's VmRSS grows by less than 1 MB and
-its descriptor count does not change.  The 100,000-connection run is
-bench/serve_soak.py, not CI.  The same run writes event=serve_stats lines
-(--stats-interval 1), so psutil's reads are inside the soak too.
+its descriptor count does not change.  With SUPERVISE_SMTP_DEEP=1 (the
+deep run, not CI) the same test makes 100,000 connections;
+bench/serve_soak.py prints the figures along the way.  The same run writes
+event=serve_stats lines (--stats-interval 1), so psutil's reads are inside
+the soak too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from serve_soak import Soak  # noqa: E402
 
 WARMUP = 1000
-COUNT = int(os.environ.get("SERVE_SOAK_COUNT", "10000"))
+DEEP = os.environ.get("SUPERVISE_SMTP_DEEP") == "1"
+COUNT = int(os.environ.get("SERVE_SOAK_COUNT", "100000" if DEEP else "10000"))
 
 
 def _stats(log: Path) -> list[dict[str, str]]:
