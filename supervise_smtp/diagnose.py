@@ -248,7 +248,10 @@ def _decide(f: Facts) -> tuple[str, str]:
         return client_lost(stage), f"{how} in stage {stage} before QUIT"
     if f.refusals and not st.messages_queued:
         code, text = f.refusals[-1]
-        return "rejected", f"session ended after refusal: {_reply_text(code, text)!r}"[:200]
+        # The reply's own bytes, escaped once by output.py (not a Python b'...' repr,
+        # which the log would escape a second time): surrogateescape keeps them all.
+        reply = (_reply_text(code, text) or b"").decode("utf-8", "surrogateescape")
+        return "rejected", f"session ended after refusal: {reply}"[:200]
     if st.quit_sent and (st.quit_answered or f.exit_code == 0):
         return "ok", "QUIT answered" if st.quit_answered else "QUIT sent"
     if last_code == 421:

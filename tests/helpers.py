@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from log_keys import check_keys
 from strict_logfmt import parse as parse_strict
+from strict_logfmt import parse_json as parse_strict_json
 
 from supervise_smtp.observer import Event, Observer
 
@@ -116,15 +118,37 @@ def child_argv(name: str, *args: str) -> list[str]:
 
 
 def events(data: bytes | str) -> list[dict[str, str]]:
-    """The logfmt event lines (``event=...``) of a stderr capture, parsed strictly.
+    """The event lines of a stderr capture, logfmt (``event=...``) or JSON
+    (``{...}``, ``--format json``), parsed strictly.
 
     Each line goes through tests/strict_logfmt.py, not the package's own
     reader: a malformed line (an unterminated or stray quote, a duplicate or
-    forged key, trailing garbage) fails the test that reads it.
+    forged key, trailing garbage, a raw control byte, JSON not written as
+    output.py writes it) fails the test that reads it, and so does a key
+    outside the fixed set of tests/log_keys.py.  Lines are split at LF only,
+    so a stray CR stays inside its line and fails it.  JSON values come back
+    as logfmt shows them (``5``, ``true``): callers read both formats alike.
     """
     if isinstance(data, bytes):
         data = data.decode("ascii", "replace")
-    return [parse_strict(line) for line in data.splitlines() if line.startswith("event=")]
+    found = []
+    for line in data.split("\n"):
+        if line.startswith("event="):
+            ev = parse_strict(line)
+        elif line.startswith("{"):
+            ev = {k: _logfmt_text(v) for k, v in parse_strict_json(line).items()}
+        else:
+            continue
+        check_keys(ev)
+        found.append(ev)
+    return found
+
+
+def _logfmt_text(value: object) -> str:
+    """A JSON value as the same field reads in logfmt."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def event(data: bytes | str, name: str) -> dict[str, str]:

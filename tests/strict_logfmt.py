@@ -28,7 +28,11 @@ value can never end in a lone backslash, and a reader that takes ``\\\\`` and
 
 A JSON line (``parse_json``) is one object whose keys follow the same rule,
 without duplicates, whose first key is "event", and whose values are
-integers, booleans, or strings of escaped text.
+integers, booleans, or strings of escaped text; and it is written exactly as
+``output.format_json`` writes it (``{"k": v, "k2": v2}``: one space after
+each colon and comma, no other whitespace), so a raw CR or TAB, which JSON
+would take as whitespace, or any other spelling of the same object is
+refused too.
 
 Any other line raises ``StrictError``: an unterminated quote, a stray quote,
 a bare backslash, a half escape, a duplicate key, two spaces, trailing
@@ -122,6 +126,9 @@ def parse_json(line: str | bytes) -> dict[str, object]:
         raise StrictError(f"{err} in {line!r}") from err
     if not isinstance(obj, dict) or not obj or next(iter(obj)) != "event":
         raise StrictError(f"event is not first in {line!r}")
+    written = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in obj.items()) + "}"
+    if text != written:
+        raise StrictError(f"not written as output.py writes JSON: {line!r}")
     return obj
 
 

@@ -13,7 +13,8 @@ plays the server's side from a script and records what it read.
 Each session must arrive exactly: the client receives the child's bytes
 and the child records the client's bytes, byte for byte; the summary
 counts them (``bytes_in``, ``bytes_out``) and passes the child's exit code
-on; and every line the server wrote parses strictly.
+on; and every line the server wrote parses strictly, with keys from
+tests/log_keys.py.
 
 The deep runs (10^6 sessions through serve, 20,000 through the wrapper
 under tcpserver) are ``bench/byte_exact.py``: same generator, a seeded
@@ -32,13 +33,14 @@ from conftest import need
 from helpers import wrapper_argv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from log_keys import check_keys
 
 pytestmark = pytest.mark.e2e
 
 # About 10-20 s per mode on the 2-core CI box; the deep runs are in bench/.
 WRAPPER_EXAMPLES = 40
 SERVE_EXAMPLES = 60
-SETTINGS = dict(deadline=None, derandomize=False, print_blob=True,
+SETTINGS = dict(deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -56,8 +58,9 @@ def _server(kind: str, workdir: Path) -> Server:
     child_dir.mkdir()
     if kind == "tcpserver":
         need("tcpserver")
-        return Server(["tcpserver"], [*wrapper_argv(), "--", child], child_dir)
-    return Server([*wrapper_argv(), "serve"], [child], child_dir)
+        return Server(["tcpserver"], [*wrapper_argv(), "--", child], child_dir,
+                      check_line=check_keys)
+    return Server([*wrapper_argv(), "serve"], [child], child_dir, check_line=check_keys)
 
 
 @pytest.fixture(scope="module")

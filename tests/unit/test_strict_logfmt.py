@@ -51,6 +51,10 @@ def test_rejects_malformed_lines(line):
     '{"event": "x", "a": "\\\\q"}\n',  # not escaped text (a lone backslash unit)
     '{"event": "x", "a": 1.5}\n',  # float
     '{"event": "x"} {}\n',  # trailing garbage
+    '{"event": "x",\r"a": "b"}\n',  # a raw CR: JSON whitespace, a line break on a terminal
+    '{"event": "x",\t"a": 1}\n',  # a raw TAB
+    '{"event":"x","a":1}\n',  # not as output.py spaces it
+    '{"event": "x", "a": "\\u0041"}\n',  # another spelling of "A"
 ])
 def test_json_rejects_malformed_lines(line):
     """Invalid JSON, duplicate or misplaced keys, values that are not escaped text."""
