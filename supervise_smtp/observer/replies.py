@@ -35,6 +35,13 @@ DATA_END = "DATA_END"  # the end of a DATA body
 BDAT_LAST = "BDAT_LAST"  # the last BDAT chunk
 UNSEEN = "UNSEEN"  # lines held past the hold bound: answered, never parsed
 END_OF_MESSAGE = (DATA_END, BDAT_LAST)
+# Commands whose reply changes more than the counts (the Observer's _reply_<verb>
+# handlers, the banner, the end of a message): each keeps an entry of its own.
+REPLY_MATTERS = frozenset({GREETING, "EHLO", "HELO", "DATA", DATA_END, BDAT_LAST, "QUIT",
+                           "STARTTLS", "AUTH"})
+# Past this many entries a command gets no entry of its own (see Pending.push);
+# the rest, up to PENDING_CAP, is room for the ones in REPLY_MATTERS.
+OWN_ENTRIES = PENDING_CAP - 100
 
 MAX_REPLY_LINES = 64
 
@@ -163,7 +170,12 @@ class Pending:
 
     It starts with the banner.  Unparsed lines, and unknown lines once the
     client is taken for not SMTP, are one entry per run: a flood of them
-    costs no memory.  Past PENDING_CAP entries the rest are only counted.
+    costs no memory.  Past OWN_ENTRIES (a client that sends on without
+    reading the replies) a command joins the last entry when it is the
+    same command, else, when its reply only counts, a run of replies kept
+    in step with but not attributed (UNSEEN): the replies that matter (the
+    354 to DATA, the 250 to the end of data) still meet their command.
+    Past PENDING_CAP entries the rest are only counted.
     """
 
     __slots__ = ("state", "_waits")
@@ -180,6 +192,13 @@ class Pending:
         st = self.state
         waits = self._waits
         junk = verb == UNSEEN or (verb == "UNKNOWN" and st.not_smtp)
+        if not junk and len(waits) >= OWN_ENTRIES:
+            last = waits[-1]
+            if not last.junk and last.verb == verb and last.arg == (arg or None):
+                last.count = capped(last.count + count)
+                return
+            if verb not in REPLY_MATTERS:
+                verb, arg, junk = UNSEEN, None, True
         if junk and waits and waits[-1].junk and waits[-1].verb == verb:
             waits[-1].count = capped(waits[-1].count + count)
         elif len(waits) < PENDING_CAP:

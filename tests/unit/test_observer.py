@@ -21,7 +21,15 @@ from supervise_smtp.observer.events import (
     PipeliningViolation,
     Reply,
 )
-from supervise_smtp.observer.state import ANY, BACK, RESET, STAGES, TRANSITIONS, SessionState
+from supervise_smtp.observer.state import (
+    ANY,
+    BACK,
+    PENDING_CAP,
+    RESET,
+    STAGES,
+    TRANSITIONS,
+    SessionState,
+)
 
 BANNER = ("S", b"220 mx.example.org ESMTP\r\n")
 EHLO = [("C", b"EHLO c.example\r\n"), ("S", b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n")]
@@ -255,10 +263,28 @@ def test_observer_text_fields_bounded():
 
 
 def test_observer_pending_fifo_bounded():
-    """More than 1000 unanswered commands are counted, not queued."""
+    """Past 1000 unanswered different commands whose replies matter, the rest is counted."""
     obs = Observer()
-    feed([BANNER, *EHLO, ("C", b"NOOP\r\n" * 1500)], obs)
-    assert obs.state.pending == 1000 and obs.state.pending_dropped == 500
+    feed([BANNER, *EHLO, ("C", b"".join(b"EHLO h%d\r\n" % n for n in range(1500)))], obs)
+    assert obs.state.pending == PENDING_CAP and obs.state.pending_dropped == 500
+
+
+def test_observer_pending_flood_stays_in_step():
+    """1500 NOOPs and 1500 RCPTs pipelined before any reply, then DATA: bounded, and the
+    354 and the end of data's 250 still meet DATA and the message (queued, not lost)."""
+    obs = Observer()
+    rcpts = b"".join(b"RCPT TO:<r%d@example.org>\r\n" % n for n in range(1500))
+    events = feed([BANNER, *EHLO, ("C", b"MAIL FROM:<a@example.com>\r\n" + b"NOOP\r\n" * 1500
+                                    + rcpts + b"DATA\r\n")], obs)
+    assert obs.state.pending <= PENDING_CAP and obs.state.pending_dropped == 0
+    events += feed([("S", b"250 ok\r\n" * 3001 + b"354 go ahead\r\n"),
+                    ("C", b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n"),
+                    ("S", b"250 ok 1 qp 2\r\n221 bye\r\n")], obs)
+    assert names(events).count("DataEnd") == 1
+    assert [(r.command, r.code) for r in of(events, Reply)][-3:] == [
+        ("DATA", 354), ("DATA_END", 250), ("QUIT", 221)]
+    assert obs.state.messages_queued == 1 and obs.state.quit_answered
+    assert obs.state.sent["NOOP"] == obs.state.accepted["NOOP"] == 1500
 
 
 def test_observer_eof_reports_partial_line_length_only():
