@@ -34,7 +34,8 @@ child floods stderr                test_fault_child_floods_stderr (100 MB)
 10 MB line without LF              test_fault_ten_megabyte_line (a command and a body line)
 EMFILE at spawn                    test_fault_emfile_at_spawn_tcpserver,
                                    test_fault_emfile_at_spawn_serve; at the command
-                                   line: tests/cli/test_spawn_failures.py
+                                   line: tests/cli/test_spawn_failures.py; serve's
+                                   accept: test_fault_emfile_at_accept_serve
 SIGTERM to the wrapper             test_fault_sigterm_mid_data; after MAIL/EHLO, HUP,
                                    INT: test_stopped.py, test_serve_verdicts.py (stopped)
 --capture dir full or read-only    test_fault_capture_unwritable (tmpfs mounts); a dir
@@ -608,6 +609,25 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
+def _settled_fds(pid: int) -> set[int]:
+    """The fds of a forked worker once it waits for work: asleep, the same twice in a row
+    (right after fork() it still holds the parent's descriptors, closing them)."""
+    def look() -> tuple[str, set[int]]:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state, {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+
+    before = look()
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = look()
+        if now == before and now[0] == "S":
+            return now[1]
+        before = now
+    raise AssertionError(f"worker {pid} never settled: {before}")
+
+
 def test_fault_emfile_at_spawn_serve(tmp_path):
     """serve: the worker's RLIMIT_NOFILE leaves room for the client's fd, not for the child's.
 
@@ -623,7 +643,7 @@ def test_fault_emfile_at_spawn_serve(tmp_path):
     try:
         _wait("one idle worker", lambda: len(_children(f.server.pid)) == 1)
         [worker] = _children(f.server.pid)
-        used = {int(fd) for fd in os.listdir(f"/proc/{worker}/fd")}
+        used = _settled_fds(worker)
         free = min(set(range(len(used) + 1)) - used)
         subprocess.run(["prlimit", f"--pid={worker}", f"--nofile={free + 1}"], check=True,
                        timeout=30)
@@ -636,6 +656,36 @@ def test_fault_emfile_at_spawn_serve(tmp_path):
         assert status == 111 << 8
         assert list(spool.iterdir()) == []
         assert f.server.proc.poll() is None
+    finally:
+        f.stop()
+
+
+def test_fault_emfile_at_accept_serve(tmp_path):
+    """serve's parent out of descriptors: the client waits in the backlog, not lost.
+
+    With the parent's soft RLIMIT_NOFILE at its highest fd + 1, accept()
+    fails (``serve_error where=accept errno=24``, retried every
+    EMFILE_PAUSE_S); once the limit is back, the waiting client gets its
+    banner and its message is delivered.
+    """
+    spool = tmp_path / "queue"
+    spool.mkdir()
+    env = double_env(tmp_path, FAKE_QUEUE_DIR=str(spool))
+    f = Front("serve", tmp_path, [SMTPD], ["--spare-workers", "1"], env)
+    try:
+        _wait("one idle worker", lambda: len(_children(f.server.pid)) == 1)
+        top = max(int(fd) for fd in os.listdir(f"/proc/{f.server.pid}/fd"))
+        subprocess.run(["prlimit", f"--pid={f.server.pid}", f"--nofile={top + 1}:"],
+                       check=True, timeout=30)
+        c = f.client()
+        f.server.wait_for(r"^event=serve_error where=accept .*\berrno=24$")
+        subprocess.run(["prlimit", f"--pid={f.server.pid}", "--nofile=1024:"], check=True,
+                       timeout=30)
+        assert c.message()[0] == 250
+        _quit(c)
+        summary, status, _ = f.summary()
+        assert (summary["verdict"], summary["queued"], status) == ("ok", "yes", 0), summary
+        _delivered(f, BODY)
     finally:
         f.stop()
 
