@@ -429,7 +429,8 @@ class Collect:
                     except OSError:
                         pass
                 elif fd == 0:
-                    self._read()
+                    if self._reading():  # not after a TERM that came with this wake-up
+                        self._read()
                 elif fd == self.out_fd:
                     self._flush()
                 elif self.http is not None and self.http.owns(fd):

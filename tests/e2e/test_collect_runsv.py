@@ -69,6 +69,13 @@ def _sessions(tcpserver, wrapper, tmp_path: Path) -> bytes:
     return log
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` into the FIFO (a write to a pipe may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _counters(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     try:
         text = path.read_text()
@@ -175,7 +182,7 @@ def test_collect_runsv_svlogd_lines_counters_and_signals(runsv_service, tcpserve
                          ("client_lost_after_ehlo", "ehlo")}
 
     with open(service / "feed", "wb", buffering=0) as feed:
-        feed.write(log)
+        _write_all(feed.fileno(), log)
         _poll("the lines in current", lambda: _logged(main) == log)
         assert all(STAMP.match(line) for line in (main / "current").read_bytes().splitlines(
             keepends=True))
@@ -204,7 +211,7 @@ def test_collect_runsv_svlogd_lines_counters_and_signals(runsv_service, tcpserve
         supervisor.sv("hup", str(service / "log"))
         deadline = time.monotonic() + TIMEOUT_S
         while b"PFX:" not in (main / "current").read_bytes():
-            feed.write(b"after hup\n")  # svlogd rereads the config at its own pace
+            _write_all(feed.fileno(), b"after hup\n")  # svlogd rereads the config at its own pace
             assert time.monotonic() < deadline, "svlogd never used the new config"
             time.sleep(0.05)
         (main / "config").unlink()
@@ -225,7 +232,7 @@ def test_collect_runsv_sv_term_loses_no_line(runsv_service):
     def write() -> None:
         with open(service / "feed", "wb", buffering=0) as feed:
             for i in range(0, len(lines), 100):
-                feed.write(b"".join(lines[i:i + 100]))
+                _write_all(feed.fileno(), b"".join(lines[i:i + 100]))
         done.set()
 
     writer = threading.Thread(target=write)
