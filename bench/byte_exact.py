@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import time
@@ -37,11 +36,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from benchlib import wrapper_command  # noqa: E402
-from byte_sessions import RandomDraw, Server, describe, play, script_child, session  # noqa: E402
+from byte_sessions import Server, play_many, script_child  # noqa: E402
 from log_keys import check_keys  # noqa: E402
 
 RESULTS = HERE / "results"
-KEEP_FAILURES = 10
 
 
 def _server(mode: str, workdir: Path) -> Server:
@@ -53,48 +51,6 @@ def _server(mode: str, workdir: Path) -> Server:
                       limit=200, check_line=check_keys)
     return Server([*wrapper_command(), "serve"], [child], child_dir, limit=200,
                   check_line=check_keys)
-
-
-async def _run(args: argparse.Namespace, server: Server) -> dict:
-    indexes = iter([args.replay] if args.replay is not None else range(args.sessions))
-    stop_at = time.monotonic() + args.minutes * 60 if args.minutes else None
-    counts = {"played": 0, "exact": 0, "failed": 0, "up_bytes": 0, "down_bytes": 0}
-    failures: list[str] = []
-    started = last = time.monotonic()
-
-    async def worker() -> None:
-        nonlocal last
-        for i in indexes:
-            if stop_at is not None and time.monotonic() > stop_at:
-                return
-            s = session(RandomDraw(random.Random(f"{args.seed}-{i}")),
-                        max_pause_us=args.max_pause_us)
-            played = await play(server, s)
-            counts["played"] += 1
-            counts["up_bytes"] += len(s.sent("C"))
-            counts["down_bytes"] += len(s.sent("S"))
-            if played.problems:
-                counts["failed"] += 1
-                if len(failures) < KEEP_FAILURES:
-                    failures.append(f"session {i} of seed {args.seed}: {describe(played)}")
-                    print(failures[-1], file=sys.stderr, flush=True)
-            else:
-                counts["exact"] += 1
-            now = time.monotonic()
-            if now - last >= args.every:
-                last = now
-                rate = counts["played"] / (now - started)
-                print(f"byte_exact {args.mode}: {counts['played']} played, "
-                      f"{counts['failed']} failed, {rate:.1f}/s, {now - started:.0f} s, "
-                      f"{server.lines} log lines, {len(server.bad_lines)} bad",
-                      file=sys.stderr, flush=True)
-
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    seconds = time.monotonic() - started
-    return {**counts, "seconds": round(seconds, 1),
-            "sessions_per_s": round(counts["played"] / seconds, 1) if seconds else 0,
-            "log_lines": server.lines, "bad_lines": server.bad_lines[:KEEP_FAILURES],
-            "failures": failures}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="byte-exact-") as tmp:
         server = _server(args.mode, Path(tmp))
+        def progress(line: str) -> None:
+            print(f"byte_exact {args.mode}: {line}", file=sys.stderr, flush=True)
+
         try:
-            result = asyncio.run(_run(args, server))
+            result = asyncio.run(play_many(
+                server, args.sessions, args.seed, concurrency=args.concurrency,
+                max_pause_us=args.max_pause_us, minutes=args.minutes, every=args.every,
+                only=args.replay, progress=progress))
         finally:
             server.stop()
     result = {"mode": args.mode, "seed": args.seed, "asked": args.sessions,

@@ -602,3 +602,58 @@ def describe(p: Played, width: int = 300) -> str:
 async def play_all(server: Server, sessions: Sequence[Session]) -> list[Played]:
     """Play sessions at the same time through one server."""
     return list(await asyncio.gather(*(play(server, s) for s in sessions)))
+
+
+KEEP_FAILURES = 10
+
+
+async def play_many(server: Server, count: int, seed: str, concurrency: int = 8,
+                    max_pause_us: int = 2000, minutes: float = 0.0, every: float = 60.0,
+                    only: int | None = None, progress: Callable[[str], None] | None = None
+                    ) -> dict[str, object]:
+    """The deep run: ``count`` seeded sessions, ``concurrency`` at a time.
+
+    Session ``i`` is drawn from ``random.Random(f"{seed}-{i}")`` (``only=i``
+    plays that one again).  Stops after ``minutes`` when given; ``progress``
+    gets a line every ``every`` seconds.  Returns the counts, the time, and
+    the first failures described.
+    """
+    import random
+
+    indexes = iter([only] if only is not None else range(count))
+    stop_at = time.monotonic() + minutes * 60 if minutes else None
+    counts = {"played": 0, "exact": 0, "failed": 0, "up_bytes": 0, "down_bytes": 0}
+    failures: list[str] = []
+    started = last = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal last
+        for i in indexes:
+            if stop_at is not None and time.monotonic() > stop_at:
+                return
+            s = session(RandomDraw(random.Random(f"{seed}-{i}")), max_pause_us=max_pause_us)
+            played = await play(server, s)
+            counts["played"] += 1
+            counts["up_bytes"] += len(s.sent("C"))
+            counts["down_bytes"] += len(s.sent("S"))
+            if played.problems:
+                counts["failed"] += 1
+                if len(failures) < KEEP_FAILURES:
+                    failures.append(f"session {i} of seed {seed}: {describe(played)}")
+                    if progress is not None:
+                        progress(failures[-1])
+            else:
+                counts["exact"] += 1
+            now = time.monotonic()
+            if progress is not None and now - last >= every:
+                last = now
+                progress(f"{counts['played']} played, {counts['failed']} failed, "
+                         f"{counts['played'] / (now - started):.1f}/s, {now - started:.0f} s, "
+                         f"{server.lines} log lines, {len(server.bad_lines)} bad")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.monotonic() - started
+    return {**counts, "seconds": round(seconds, 1),
+            "sessions_per_s": round(counts["played"] / seconds, 1) if seconds else 0,
+            "log_lines": server.lines, "bad_lines": server.bad_lines[:KEEP_FAILURES],
+            "failures": failures}

@@ -16,19 +16,31 @@ counts them (``bytes_in``, ``bytes_out``) and passes the child's exit code
 on; and every line the server wrote parses strictly, with keys from
 tests/log_keys.py.
 
-The deep runs (10^6 sessions through serve, 20,000 through the wrapper
-under tcpserver) are ``bench/byte_exact.py``: same generator, a seeded
-PRNG instead of Hypothesis.
+The seeded volume run draws from the same generator with a seeded PRNG
+instead of Hypothesis (which keeps every example it tried, and would not
+scale): a few hundred sessions in CI; the deep run, SUPERVISE_SMTP_DEEP=1
+(not CI), plays 20,000 through the wrapper under tcpserver and 10^6
+through serve.  ``bench/byte_exact.py`` runs the same with progress lines,
+a time limit, and one session replayed by its index.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from byte_sessions import HypothesisDraw, Server, describe, play_all, script_child, session
+from byte_sessions import (
+    HypothesisDraw,
+    Server,
+    describe,
+    play_all,
+    play_many,
+    script_child,
+    session,
+)
 from conftest import need
 from helpers import wrapper_argv
 from hypothesis import HealthCheck, given, settings
@@ -37,9 +49,13 @@ from log_keys import check_keys
 
 pytestmark = pytest.mark.e2e
 
-# About 10-20 s per mode on the 2-core CI box; the deep runs are in bench/.
+# About 10-20 s per mode on the 2-core CI box.
 WRAPPER_EXAMPLES = 40
 SERVE_EXAMPLES = 60
+# The seeded volume run: a few hundred sessions in CI (so that the deep run's
+# engine cannot rot), the deep run's counts with SUPERVISE_SMTP_DEEP=1.
+DEEP = os.environ.get("SUPERVISE_SMTP_DEEP") == "1"
+VOLUME = {"wrapper": 20_000, "serve": 1_000_000} if DEEP else {"wrapper": 40, "serve": 200}
 SETTINGS = dict(deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -98,3 +114,17 @@ def test_byte_exact_wrapper_under_tcpserver(under_tcpserver, batch):
 def test_byte_exact_serve(under_serve, batch):
     """Generated sessions through ``supervise-smtp serve`` arrive exactly, both ways."""
     _check(under_serve, batch)
+
+
+@pytest.mark.parametrize("kind", ["wrapper", "serve"])
+def test_byte_exact_seeded_volume(kind, tmp_path):
+    """Seeded sessions, 16 at a time, all exact: a few hundred in CI; the deep run
+    (SUPERVISE_SMTP_DEEP=1) plays 20,000 through the wrapper and 10^6 through serve."""
+    server = _server("tcpserver" if kind == "wrapper" else "serve", tmp_path)
+    try:
+        result = asyncio.run(play_many(server, VOLUME[kind], "volume", concurrency=16))
+    finally:
+        server.stop()
+    assert result["played"] == VOLUME[kind]
+    assert result["failed"] == 0, "\n\n".join(result["failures"])  # type: ignore[arg-type]
+    assert not server.bad_lines, server.bad_lines
