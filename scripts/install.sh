@@ -197,6 +197,23 @@ fi
 "$python" -c 'import ensurepip, venv' 2>/dev/null \
   || die "$python cannot make a virtualenv: apt-get install python3-venv"
 
+# pip itself runs from the wheel that ensurepip would install (python3-venv
+# ships it), inside each virtualenv: a release gets no pip or setuptools of
+# its own (25 MB and 1,600 files less) and builds in a second, not three.
+pip_wheel=$("$python" -c '
+import glob, os, sysconfig, ensurepip
+dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR"),
+        os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
+found = [sorted(glob.glob(os.path.join(d, "pip-*.whl"))) for d in dirs if d]
+print(next((f[-1] for f in found if f), ""))')
+[ -n "$pip_wheel" ] || die "no pip wheel for $python's ensurepip: apt-get install python3-venv"
+# run_pip VENV ARGS...: pip in that virtualenv.
+run_pip() {
+  v=$1
+  shift
+  "$v/bin/python" "$pip_wheel/pip" --disable-pip-version-check --no-input --quiet "$@"
+}
+
 work=$(mktemp -d)
 rel=
 cleanup() {
@@ -222,9 +239,9 @@ clean_source() {
 if [ -n "$wheelhouse" ]; then
   mkdir -p "$wheelhouse"
   clean_source
-  "$python" -m venv "$work/venv" || die "python -m venv failed"
-  "$work/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet \
-    wheel -w "$wheelhouse" "$work/src" || die "pip wheel failed (it needs PyPI for the dependencies)"
+  "$python" -m venv --without-pip "$work/venv" || die "python -m venv failed"
+  run_pip "$work/venv" wheel -w "$wheelhouse" "$work/src" \
+    || die "pip wheel failed (it needs PyPI for the dependencies)"
   cp "$0" "$wheelhouse/install.sh"
   chmod -R go+rX "$wheelhouse"
   say "wheels and install.sh in $wheelhouse; on the target host:"
@@ -258,16 +275,13 @@ done
 rel=$prefix/releases/$name
 
 say "building $rel with $python"
-"$python" -m venv "$rel" || die "python -m venv failed"
-pip="$rel/bin/python -m pip --disable-pip-version-check --no-input --quiet"
+"$python" -m venv --without-pip "$rel" || die "python -m venv failed"
 if [ -n "$wheel" ]; then
-  # shellcheck disable=SC2086
-  $pip install --no-index --find-links "$(dirname "$wheel")" "$wheel" \
+  run_pip "$rel" install --no-index --find-links "$(dirname "$wheel")" "$wheel" \
     || die "pip could not install $wheel with the wheels beside it (make them with install.sh --build-wheels DIR)"
 else
   clean_source
-  # shellcheck disable=SC2086
-  $pip install "$work/src" || die "pip install failed (it needs PyPI for the dependencies; offline: --wheel)"
+  run_pip "$rel" install "$work/src" || die "pip install failed (it needs PyPI for the dependencies; offline: --wheel)"
 fi
 
 # Byte-compiled (qmaild cannot write __pycache__, and every connection would
