@@ -180,7 +180,7 @@ if [ -n "$wheel" ]; then
 elif grep -q '^name = "supervise-smtp"$' "$here/pyproject.toml" 2>/dev/null; then
   version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$here/pyproject.toml" | head -n 1)
 else
-  usage "no checkout at $here: give --wheel FILE (built with pip wheel)"
+  usage "no checkout at $here: give --wheel FILE (made with install.sh --build-wheels)"
 fi
 [ -n "$version" ] || die "cannot tell the version to install"
 
