@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import TcpServer, set_subreaper, wrapper_argv  # noqa: E402
+from helpers import TcpServer, events, set_subreaper, wrapper_argv  # noqa: E402
 
 
 def in_ci() -> bool:
@@ -49,7 +49,8 @@ def wrapper() -> list[str]:
 
 @pytest.fixture
 def tcpserver(tmp_path: Path) -> Iterator[Callable[..., TcpServer]]:
-    """Factory starting real tcpservers; all are killed and reaped at teardown."""
+    """Factory starting real tcpservers; all are killed and reaped at teardown, and
+    every event line they logged must then parse strictly."""
     need("tcpserver")
     started: list[TcpServer] = []
 
@@ -62,6 +63,10 @@ def tcpserver(tmp_path: Path) -> Iterator[Callable[..., TcpServer]]:
     yield start
     for server in started:
         server.stop()
+    for server in started:
+        # Every line the wrapper wrote, read or not by the test, parses strictly
+        # (helpers.events: logfmt or JSON, keys from tests/log_keys.py).
+        events(server.log())
 
 
 @pytest.fixture

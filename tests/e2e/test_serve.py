@@ -128,10 +128,14 @@ class Listener:
         return m
 
     def stop(self) -> None:
+        """Kill the process group; then every event line serve logged, read or not
+        by the test, must parse strictly (helpers.events, keys from log_keys.py)."""
         if self.proc.returncode is None:
             kill_group(self.proc)  # type: ignore[arg-type]
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.kind == "serve":
+            events(self.log())
 
 
 @pytest.fixture
