@@ -164,8 +164,7 @@ def test_log_injection_no_forged_key(played):
 def test_log_injection_password_never_logged(played):
     """The AUTH password is on no line: not as sent, not in base64, not escaped."""
     _, _, sessions = played
-    forms = [PASSWORD, _b64(PASSWORD), _b64(b"\0" + b"x" + b"\0" + PASSWORD)[8:],
-             PASSWORD[:8], _b64(PASSWORD)[:8]]
+    forms = [PASSWORD, PASSWORD[:6], PASSWORD[-6:], _b64(PASSWORD), _b64(PASSWORD)[:8]]
     for name, s in sessions.items():
         text = b"".join(s.raw)
         for form in forms:
