@@ -154,6 +154,20 @@ def test_diagnose_rejected_after_5xx_only():
     assert "553" in fields["reason"]
 
 
+def test_diagnose_rejected_reason_is_the_reply_escaped_once():
+    """The reason carries the refused reply's own bytes, which the log escapes once:
+    never a Python ``b'...'`` repr (escaped a second time in the log)."""
+    from supervise_smtp.output import render
+
+    verdict, fields = judge(BANNER + HELO + ENVELOPE[:2] + [
+        ("C", b"RCPT TO:<x@elsewhere.example>\r\n"),
+        ("S", b"553 caf\xc3\xa9 \xff\"q\" \\ no\r\n"),
+    ] + QUIT, exit_code=0)
+    assert verdict == "rejected"
+    assert render(fields["reason"]) == (
+        'session ended after refusal: 553 caf\\xc3\\xa9 \\xff"q" \\\\ no')
+
+
 def test_diagnose_crash_by_signal_outranks_everything_but_wrapper_error():
     """A child killed by a signal is server_crashed even mid-bare-LF."""
     verdict, fields = judge(BANNER + HELO + [("S", b"")], exit_code=None, signal=11,
