@@ -54,7 +54,7 @@ class Facts:
         "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
-        "stopped_by", "reply_acked", "helo_name", "mail_from_domain",
+        "stopped_by", "reply_acked", "helo_name", "mail_from_domain", "stderr_unlogged",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -88,6 +88,7 @@ class Facts:
     stopped_by: list[str] | None  # TERM/HUP/INT we received and passed on (SIGTERM...)
     helo_name: bytes | None  # the argument of the last EHLO/HELO
     mail_from_domain: bytes | None  # the domain of the last MAIL FROM (never its local part)
+    stderr_unlogged: int  # child stderr lines past the first STDERR_EVENTS: counted only
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -101,7 +102,7 @@ class Facts:
                     "tls_hello_done", "queue_outlived"):
             if getattr(self, key) is None:
                 setattr(self, key, False)
-        for key in ("bytes_in", "bytes_out"):
+        for key in ("bytes_in", "bytes_out", "stderr_unlogged"):
             if getattr(self, key) is None:
                 setattr(self, key, 0)
 
@@ -355,6 +356,8 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
         fields["queue_signal"] = f.queue_reaped.get("signal")
     if f.queue_notes:
         fields["queue_notes"] = tuple(f.queue_notes)
+    if f.stderr_unlogged:
+        fields["stderr_unlogged"] = f.stderr_unlogged
     if st is not None and st.rejects:
         fields["rejects"] = st.rejects
         fields["rejects_unlogged"] = st.rejects_unlogged or None

@@ -59,10 +59,16 @@ class StderrWatch:
     write to stderr at all.
     """
 
-    __slots__ = ("facts", "emit", "write_raw", "child_pid", "passthrough", "_splitter")
+    __slots__ = ("facts", "emit", "write_raw", "child_pid", "passthrough", "_splitter",
+                 "_events")
 
     TAG_BYTES = 1024  # keeps an event line under PIPE_BUF
     PASS_BYTES = 65536
+    # child_stderr events per connection; the lines after them are still read
+    # (a qmail-scanner parent death is still seen) but only counted, in the
+    # summary's stderr_unlogged: a child that floods its stderr must neither
+    # flood the log nor hold the mail up formatting lines nobody will read.
+    STDERR_EVENTS = 100
 
     def __init__(self, facts: object, emit: object, write_raw: object, child_pid: int,
                  passthrough: bool) -> None:
@@ -72,6 +78,7 @@ class StderrWatch:
         self.child_pid = child_pid
         self.passthrough = passthrough
         self._splitter: Any = None
+        self._events = 0
 
     def feed(self, data: bytes) -> None:
         """Bytes read from the pipe; b"" at its end (flushes a last unterminated line)."""
@@ -93,6 +100,9 @@ class StderrWatch:
                 facts.queue_notes.append(source)
             if self.passthrough:
                 self.write_raw(line + b"\n")
+            elif self._events >= self.STDERR_EVENTS:
+                facts.stderr_unlogged += 1
             else:
+                self._events += 1
                 self.emit("child_stderr", child_pid=self.child_pid, source=source, text=line,
                           line_bytes=total, truncated=True if truncated else None)

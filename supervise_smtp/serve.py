@@ -52,6 +52,7 @@ __all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S", "IDLE_T
 ACCEPT_BURST = 16  # connections accepted per wake-up before reaping again
 IDLE_TRIM_S = 2.0  # a worker idle this long beyond --spare-workers exits
 EMFILE_PAUSE_S = 0.1  # out of descriptors: stop accepting this long, not spin
+ACCEPT_ERROR_EVERY_S = 10.0  # ... and say so at most this often (repeated=N)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, signal.SIGHUP, signal.SIGALRM)
 _NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -244,6 +245,8 @@ class Server:
         self.stopping = 0  # the signal that stops us
         self.listening = False  # the listening socket is in the poll set
         self.paused_until = 0.0  # out of descriptors: no accept until then
+        self.accept_errors = 0  # ... how many times since the last line said so
+        self.accept_error_next = 0.0  # ... and when the next line may say it
         self.poller = select.poll()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self.wake_r, select.POLLIN)
@@ -499,9 +502,14 @@ class Server:
                 return
             except OSError as err:
                 if err.errno in _NO_FDS:
-                    self.log.error("serve_error", where="accept", error=err.strerror,
-                                   errno=err.errno)
-                    self.paused_until = time.monotonic() + EMFILE_PAUSE_S
+                    now = time.monotonic()
+                    self.accept_errors += 1
+                    if now >= self.accept_error_next:  # one line per 10 s while it lasts
+                        self.log.error("serve_error", where="accept", error=err.strerror,
+                                       errno=err.errno, repeated=self.accept_errors)
+                        self.accept_errors = 0
+                        self.accept_error_next = now + ACCEPT_ERROR_EVERY_S
+                    self.paused_until = now + EMFILE_PAUSE_S
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             self.stats.accepted += 1

@@ -48,14 +48,14 @@ _SUMMARY = """
     reason stopped_by ehlo helo starttls mail rcpt data bdat rset noop vrfy quit unknown
     commands helo_name mail_from_domain tls tls_version tls_cipher auth_user auth_failed
     queued reply_delivered bare_lf bare_lf_line smuggling queue_exit queue queue_outlived
-    queue_signal queue_notes rejects rejects_unlogged notes last_reply
+    queue_signal queue_notes rejects rejects_unlogged stderr_unlogged notes last_reply
 """
 
 # serve's parent (serve.py, serve_stats.py): listen, end, limit, stop, drop,
 # worker_lost, serve_error, serve_stats.
 _SERVE = """
     status active backlog served missing drain_s accepted denied rss_kb fds workers
-    workers_uss_kb interval_s
+    workers_uss_kb interval_s repeated
 """
 
 LOG_KEYS = frozenset(" ".join((_BASE, _OBSERVER, _SESSION, _SUMMARY, _SERVE)).split())

@@ -22,3 +22,21 @@ from supervise_smtp.scanner import classify
 def test_scanner_classify(line, source):
     """Each known program's line shape is recognised; the rest is the child's."""
     assert classify(line) == source
+
+
+def test_stderr_events_capped_the_rest_counted_and_still_read():
+    """After STDERR_EVENTS child_stderr events, lines are only counted -- but a
+    qmail-scanner parent death among them is still seen."""
+    from supervise_smtp.diagnose import Facts
+    from supervise_smtp.scanner import StderrWatch
+
+    facts = Facts()
+    said: list[dict[str, object]] = []
+    watch = StderrWatch(facts, lambda name, **f: said.append(f), None, 42, False)
+    cap = StderrWatch.STDERR_EVENTS
+    watch.feed(b"x\n" * (cap + 50))
+    watch.feed(b"X-Qmail-Scanner-2.1: Process 77 closed, parent process died\n")
+    watch.feed(b"")
+    assert len(said) == cap
+    assert facts.stderr_unlogged == 51
+    assert facts.scanner_died_pid == 77
