@@ -203,29 +203,36 @@ class TcpServer:
         self.port = 0
         self.log_path = workdir / f"tcpserver-{id(self):x}.err"
 
+    def command(self) -> list[str]:
+        """What runs: tcpserver on self.port with self.argv."""
+        return ["tcpserver", "-v", "-R", "-H", "-l", "0", *self.opts, "127.0.0.1",
+                str(self.port), *self.argv]
+
+    READY = "tcpserver: status: "  # the log line that says it listens
+
     def start(self, tries: int = 5, timeout: float = 10.0) -> TcpServer:
         """Start on a free port (retrying if the bind fails) and wait until it listens."""
+        name = "tcpserver" if self.command()[0] == "tcpserver" else "serve"
         for _ in range(tries):
             self.port = free_port()
             with open(self.log_path, "wb") as err:
                 self.proc = subprocess.Popen(
-                    ["tcpserver", "-v", "-R", "-H", "-l", "0", *self.opts, "127.0.0.1",
-                     str(self.port), *self.argv],
+                    self.command(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                     env=self.env, start_new_session=True, preexec_fn=no_core_dumps,
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if "tcpserver: status: " in self.log():
+                if self.READY in self.log():
                     return self
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.01)
             else:
                 self.stop()
-                raise AssertionError(f"tcpserver did not start: {self.log()!r}")
+                raise AssertionError(f"{name} did not start: {self.log()!r}")
             self.stop()  # could not bind: try another port
-        raise AssertionError(f"tcpserver could not bind after {tries} tries: {self.log()!r}")
+        raise AssertionError(f"{name} could not bind after {tries} tries: {self.log()!r}")
 
     def log(self) -> str:
         """Everything tcpserver and its children wrote on stderr so far."""
@@ -278,36 +285,19 @@ class ServeServer(TcpServer):
     The end of a connection is serve's ``event=end pid= status=`` line.
     """
 
-    def start(self, tries: int = 5, timeout: float = 10.0) -> TcpServer:
+    def command(self) -> list[str]:
         head = wrapper_argv()
-        if self.argv[:len(head)] != head or "--" not in self.argv:
-            self.served = False
-            return super().start(tries, timeout)
-        self.served = True
+        self.served = self.argv[:len(head)] == head and "--" in self.argv
+        if not self.served:
+            return super().command()
         rest = self.argv[len(head):]
         cut = rest.index("--")
-        options, prog = rest[:cut], rest[cut + 1:]
-        for _ in range(tries):
-            self.port = free_port()
-            with open(self.log_path, "wb") as err:
-                self.proc = subprocess.Popen(
-                    [*head, "serve", "-v", "-R", "-H", "-l", "0", *self.opts, *options,
-                     "127.0.0.1", str(self.port), "--", *prog],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    env=self.env, start_new_session=True, preexec_fn=no_core_dumps,
-                )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if "event=listen " in self.log():
-                    return self
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.01)
-            else:
-                self.stop()
-                raise AssertionError(f"serve did not start: {self.log()!r}")
-            self.stop()
-        raise AssertionError(f"serve could not bind after {tries} tries: {self.log()!r}")
+        return [*head, "serve", "-v", "-R", "-H", "-l", "0", *self.opts, *rest[:cut],
+                "127.0.0.1", str(self.port), "--", *rest[cut + 1:]]
+
+    @property
+    def READY(self) -> str:  # type: ignore[override]
+        return "event=listen " if self.served else TcpServer.READY
 
     def end_statuses(self, count: int = 1, timeout: float = 15.0) -> dict[int, int]:
         if not self.served:

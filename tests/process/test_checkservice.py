@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ci, need
-from helpers import free_port
+from helpers import free_port, qmail_users
 
 from supervise_smtp import checkservice
 from supervise_smtp.checkservice_run import MIN_PYTHON_LIMIT_BYTES
@@ -54,43 +54,11 @@ def _need_root() -> None:
         pytest.skip("needs root (creates qmail's accounts)")
 
 
-def _ensure(argv: list[str], name: str, exists: Callable[[str], bool]) -> None:
-    """Run useradd/groupadd unless ``name`` exists; another test creating it at the
-    same moment (exit 9, or 10 while /etc/passwd is locked) is waited for."""
-    deadline = time.monotonic() + 30
-    while not exists(name):
-        run = subprocess.run([*argv, name], capture_output=True, text=True)
-        if run.returncode not in (0, 9, 10) or time.monotonic() > deadline:
-            raise AssertionError(f"{argv[0]} {name}: {run.returncode} {run.stderr}")
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-def _has_group(name: str) -> bool:
-    import grp
-
-    try:
-        grp.getgrnam(name)
-        return True
-    except KeyError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def accounts() -> dict[str, pwd.struct_passwd]:
     """qmaild and qmaill in the nofiles group (qmail's INSTALL.ids), created if missing."""
     _need_root()
-    _ensure(["groupadd", "--system"], "nofiles", _has_group)
-    for name, home in (("qmaild", "/var/qmail"), ("qmaill", "/var/log/qmail")):
-        _ensure(["useradd", "--system", "--no-create-home", "-g", "nofiles", "-d", home,
-                 "-s", "/usr/sbin/nologin"], name, _has_user)
-    return {name: pwd.getpwnam(name) for name in ("qmaild", "qmaill")}
+    return qmail_users()
 
 
 @pytest.fixture
