@@ -45,7 +45,7 @@ from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
 from supervise_smtp.serve_stats import DENY_STATUS, ServeStats
 from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
-from supervise_smtp.tcpenv import peer_of
+from supervise_smtp.tcpenv import listen_address, peer_of
 
 __all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S", "IDLE_TRIM_S"]
 
@@ -139,25 +139,11 @@ def _port(name: str) -> int:
 
 
 def _address(host: str, port_name: str) -> tuple[int, tuple[object, ...]]:
-    """host and port as tcpserver takes them: 0 or "" is 0.0.0.0, names resolved.
-
-    Names go through getaddrinfo (/etc/hosts, then DNS), IPv4 first, as
-    tcpserver takes the first IPv4 address; an IPv6 address or a name with
-    only IPv6 addresses gives an IPv6 socket.
-    """
-    port = _port(port_name)
-    if host in ("", "0"):
-        host = "0.0.0.0"
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICSERV)
-    except socket.gaierror as err:
-        raise TempError(f"no IP address for {host}: {err.strerror}") from None
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            return family, sockaddr
-    raise TempError(f"no IP address for {host}")
+    """host and port as tcpserver takes them (tcpenv.listen_address); TempError if none."""
+    where = listen_address(host, _port(port_name))
+    if isinstance(where, str):
+        raise TempError(where)
+    return where
 
 
 def _listen(family: int, address: tuple[object, ...], backlog: int) -> socket.socket:

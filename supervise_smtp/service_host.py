@@ -166,20 +166,10 @@ def listeners(port: int) -> list[Listener]:
 
 
 def resolve_address(host: str, port: int) -> tuple[int, tuple[object, ...]] | str:
-    """(family, sockaddr) as tcpserver and serve take host: 0 or "" is 0.0.0.0,
-    names through getaddrinfo, IPv4 first; or why it cannot be resolved."""
-    if host in ("", "0"):
-        host = "0.0.0.0"
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICSERV)
-    except socket.gaierror as err:
-        return f"no IP address for {host}: {err.strerror}"
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            return family, sockaddr
-    return f"no IP address for {host}"
+    """(family, sockaddr) as tcpserver and serve take host, or why it cannot be resolved."""
+    from supervise_smtp.tcpenv import listen_address
+
+    return listen_address(host, port)
 
 
 def bind_error(family: int, sockaddr: tuple[object, ...]) -> int:

@@ -32,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from supervise_smtp.serve_opts import ServeConfig
 
-__all__ = ["Peer", "peer_of", "tcp_variables", "ident", "MAX_INFO_BYTES"]
+__all__ = ["Peer", "peer_of", "tcp_variables", "ident", "listen_address", "MAX_INFO_BYTES"]
 
 MAX_INFO_BYTES = 256  # remoteinfo.c stops once the answer is longer than this
 
@@ -50,6 +50,28 @@ class Peer:
 
     def packed(self) -> bytes:
         return socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, self.ip)
+
+
+def listen_address(host: str, port: int) -> tuple[int, tuple[object, ...]] | str:
+    """(family, sockaddr) to bind, as tcpserver takes host; or why there is none.
+
+    0 or "" is 0.0.0.0; names go through getaddrinfo (/etc/hosts, then DNS),
+    IPv4 first, as tcpserver takes the first IPv4 address; an IPv6 address
+    or a name with only IPv6 addresses gives an IPv6 socket.  (serve binds
+    with it; check-service asks whether the port is free with it.)
+    """
+    if host in ("", "0"):
+        host = "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICSERV)
+    except socket.gaierror as err:
+        return f"no IP address for {host}: {err.strerror}"
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            return family, sockaddr
+    return f"no IP address for {host}"
 
 
 def peer_of(sockaddr: tuple[object, ...]) -> Peer:
