@@ -181,8 +181,9 @@ def _restarts(srv: Service) -> None:
 
 @pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
 def test_service_dir_serves_and_logs(service, suite):
-    """The shipped service dir serves mail, rejects bare LF, and logs stamped events."""
-    _serves(service(suite))
+    """The shipped service dir serves mail, rejects bare LF, and logs stamped events
+    (SERVE_OPTS, serve's own options, never reach the wrapper, which would refuse them)."""
+    _serves(service(suite, {"SERVE_OPTS": "--drain 5"}))
 
 
 @pytest.mark.parametrize("suite", ["daemontools", "runit", "s6"])
@@ -202,7 +203,7 @@ def test_service_dir_with_serve_1(service, suite):
     s6): supervise-smtp serve in tcpserver's place under the real supervisor and logger;
     a message is delivered, the session's lines and the parent's (-v) reach the log, and
     taking the service down stops serve (exit 0, the port closed)."""
-    srv = service(suite, {"SERVE": "1"})
+    srv = service(suite, {"SERVE": "1", "SERVE_OPTS": "--drain 5"})
     srv.banner()
     (parent,) = _poll("one serve parent", srv.serves)  # type: ignore[misc]
     assert srv.tcpservers() == []
@@ -221,7 +222,7 @@ def test_service_dir_with_serve_1(service, suite):
     subprocess.run([*DOWN[suite], str(srv.svc)], check=True, env=srv.env,
                    capture_output=True, timeout=10)
     _poll("serve to stop", lambda: not srv.serves())
-    srv.wait_log(rf"^{stamp}event=stop signal=SIGTERM active=0 ")
+    srv.wait_log(rf"^{stamp}event=stop signal=SIGTERM active=0 drain_s=5\.0")  # SERVE_OPTS
     if suite == "runit":
         def status() -> str:
             return subprocess.run(["sv", "status", str(srv.svc)], env=srv.env,
