@@ -9,9 +9,10 @@ may wait for what the other side said before it (lock-step SMTP) or not
 what the other side sent: byte for byte, both ways.
 
 One generator, two engines: ``session(draw)`` takes a ``Draw``, either
-``HypothesisDraw`` (the CI tests: shrinking, replay) or ``RandomDraw`` (a
-seeded PRNG for the deep runs of bench/byte_exact.py: Hypothesis keeps
-every example it tried and does not scale to 10^6 of them).
+``HypothesisDraw`` (the property tests: shrinking, replay) or ``RandomDraw``
+(a seeded PRNG for ``play_many``: the volume test, the deep run and
+bench/byte_exact.py; Hypothesis keeps every example it tried and does not
+scale to 10^6 of them).
 
 Sessions are told apart by the client's address: the client binds its
 socket first and writes the script as ``<ip>_<port>.script`` in the
