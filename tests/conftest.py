@@ -19,6 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TcpServer, events, set_subreaper, wrapper_argv  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Signals as a supervisor leaves them: a suite started under nohup (HUP
+    ignored) would hand that to every wrapper and child it runs, and a shell
+    cannot trap a signal ignored on entry -- the HUP tests would hang."""
+    import signal
+
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
 def in_ci() -> bool:
     """True when running under CI, where nothing may be skipped for lack of a binary."""
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
