@@ -87,7 +87,16 @@ def serve_loop(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes],
         if not msg:
             return 0  # the parent retired us, or is gone
         if not fds:
-            continue
+            # The descriptor did not arrive (no room for it here: the kernel
+            # drops it, and the client sees its connection closed).  The
+            # parent counts this worker busy until it hears: say "dropped",
+            # and end, so that the next connection gets a fresh worker.
+            log.error("drop", pid=os.getpid(), where="hand", error="no descriptor received")
+            try:
+                ctl.send(DONE + b" %d\n" % (EXIT_TEMP << 8), socket.MSG_NOSIGNAL)
+            except OSError:
+                pass
+            return EXIT_TEMP
         failed = False
         summary: dict[str, object] = {}
         try:

@@ -941,3 +941,33 @@ def test_fault_log_pipe_full_serve(tmp_path):
     summaries = [e for e in lines if e["event"] == "summary"]
     assert summaries and summaries[-1]["verdict"] == "ok", lines
     assert len(f.stored()) == 3
+
+
+def test_fault_worker_without_room_for_the_connection_serve(tmp_path):
+    """serve: the idle worker has no free descriptor at all, so the connection's fd
+    cannot arrive (the kernel drops it: the client sees EOF).  The worker says
+    so (a drop, status 111) and ends; the slot is free again and the next client
+    is served, by a fresh worker."""
+    spool = tmp_path / "queue"
+    spool.mkdir()
+    env = double_env(tmp_path, FAKE_QUEUE_DIR=str(spool))
+    f = Front("serve", tmp_path, [SMTPD], ["--spare-workers", "1", "-c", "1"], env)
+    try:
+        _wait("one idle worker", lambda: len(_children(f.server.pid)) == 1)
+        [worker] = _children(f.server.pid)
+        used = _settled_fds(worker)
+        free = min(set(range(len(used) + 1)) - used)  # the lowest free descriptor...
+        subprocess.run(["prlimit", f"--pid={worker}", f"--nofile={free}"], check=True,
+                       timeout=30)  # ... is now out of bounds: nothing more can arrive
+        with f.server.connect() as sock:
+            assert recv_until_eof(sock) == b""
+        f.server.wait_for(rf"^event=drop pid={worker} where=hand ")
+        assert (worker, 111 << 8) in f.server.end_statuses(1)
+        c = SmtpClient(f.server)  # type: ignore[arg-type]
+        assert c.message()[0] == 250  # -c 1: the slot was given back
+        _quit(c)
+        ends = f.server.end_statuses(2)
+        assert ends[1][0] != worker and ends[1][1] == 0, ends
+        _delivered(f, BODY)
+    finally:
+        f.stop()
