@@ -241,8 +241,7 @@ class Server:
         self.metrics: Any = None  # metrics.Metrics, with --metrics-listen or --metrics-textfile
         self.http: Any = None  # metrics_http.MetricsHTTP, with --metrics-listen
         self.http_polled: dict[int, int] = {}  # its descriptors in our poll set, and events
-        self.textfile_at: float | None = None  # the next --metrics-textfile write
-        self.textfile_error: str | None = None  # the last one logged (said once, not each time)
+        self.textfile: Any = None  # metrics.TextfileWriter, with --metrics-textfile
         self._catch_signals()
         short = serve_fds.make_room(cfg.limit, cfg.spare_workers)  # a descriptor per worker
         if short:
@@ -264,8 +263,13 @@ class Server:
         from supervise_smtp.metrics import Metrics
 
         self.metrics = Metrics(serve=True)
-        if cfg.metrics_textfile is not None:
-            self.textfile_at = time.monotonic()  # written once at start: the file exists
+        if cfg.metrics_textfile is not None:  # written at once, then every interval
+            from supervise_smtp.metrics import TextfileWriter
+
+            self.textfile = TextfileWriter(
+                self.metrics, cfg.metrics_textfile, cfg.metrics_interval_s,
+                lambda text: self.log.error("serve_error", where="metrics_textfile",
+                                            error=text))
         if cfg.metrics_listen is not None:
             from supervise_smtp.metrics_http import MetricsHTTP
 
@@ -281,20 +285,10 @@ class Server:
         self.metrics.set_active(len(self.active))
         return bytes(self.metrics.exposition())
 
-    def _write_textfile(self) -> None:
-        """--metrics-textfile: rewritten atomically; a failure is logged once, never fatal."""
-        assert self.cfg.metrics_textfile is not None
-        self.textfile_at = time.monotonic() + self.cfg.metrics_interval_s
-        try:
-            self.metrics.set_active(len(self.active))
-            self.metrics.write_textfile(self.cfg.metrics_textfile)
-            self.textfile_error = None
-        except OSError as err:
-            error = err.strerror or str(err)
-            if error != self.textfile_error:
-                self.textfile_error = error
-                self.log.error("serve_error", where="metrics_textfile",
-                               file=self.cfg.metrics_textfile, error=error, errno=err.errno)
+    def _write_textfile(self, force: bool = False) -> None:
+        """--metrics-textfile: rewritten when due; a failure is a line, never a stop."""
+        self.metrics.set_active(len(self.active))
+        self.textfile.maybe_write(time.monotonic(), force)
 
     def run(self) -> int:
         """Serve until SIGTERM; 0."""
@@ -314,7 +308,7 @@ class Server:
             now = time.monotonic()
             if self.stats.due(now):
                 self._write_stats()
-            if self.textfile_at is not None and now >= self.textfile_at:
+            if self.textfile is not None and now >= self.textfile.due:
                 self._write_textfile()
             if self.http is not None:
                 self.http.expire(now)
@@ -325,7 +319,9 @@ class Server:
 
     def _deadline(self) -> float | None:
         """When the loop must wake without a client: statistics, or an idle worker to end."""
-        deadlines = [t for t in (self.stats.next_at, self.textfile_at) if t is not None]
+        deadlines = [self.stats.next_at] if self.stats.next_at is not None else []
+        if self.textfile is not None:
+            deadlines.append(self.textfile.due)
         if self.http is not None and (t := self.http.next_deadline()) is not None:
             deadlines.append(t)
         if len(self.idle) > self.cfg.spare_workers:
@@ -580,8 +576,8 @@ class Server:
         while self.active and time.monotonic() < deadline:
             self._wait(deadline)
             self._reap()
-        if self.textfile_at is not None:
-            self._write_textfile()  # what the drained sessions added
+        if self.textfile is not None:
+            self._write_textfile(force=True)  # what the drained sessions added
         if self.http is not None:
             self.http.close()
         return 0

@@ -230,3 +230,29 @@ def test_real_prometheus_scrapes_serve(tmp_path, need):
             prom.kill()
             prom.wait()
         server.stop()
+
+
+def test_serve_metrics_textfile_unwritable_never_stops_serving(tmp_path, need):
+    """A textfile it cannot write: one serve_error line per run of failures; the mail goes on."""
+    need("tcpserver")
+    textfile = tmp_path / "missing-dir" / "supervise_smtp.prom"
+    env = double_env(tmp_path, FAKE_QUEUE_DIR=str(tmp_path))
+    server = Listener("serve", [*OPTS, "--metrics-textfile", str(textfile),
+                                "--metrics-interval", "0.1"], [SMTPD], tmp_path, env=env)
+    try:
+        server.wait_for(r"^event=serve_error where=metrics_textfile error=")
+        client = SmtpClient(server)  # type: ignore[arg-type]
+        assert client.message()[0] == 250
+        client.cmd(b"QUIT", 221)
+        client.close()
+        server.end_statuses(1)
+        time.sleep(0.5)  # five more failed rewrites
+        assert server.log().count("where=metrics_textfile") == 1
+        (tmp_path / "missing-dir").mkdir()
+        deadline = time.monotonic() + 15
+        while not textfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert samples(textfile.read_text())[("supervise_smtp_queue_exit_total",
+                                              (("class", "success"),))] == 1
+    finally:
+        server.stop()
