@@ -592,6 +592,8 @@ class Server:
                 signal.signal(sig, old if old is not None else signal.SIG_DFL)  # type: ignore[arg-type]
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.sock.close()
+            if self.http is not None:  # else a restarted serve could not bind its port
+                self.http.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
             for other in self.workers.values():  # else they would never see our EOF

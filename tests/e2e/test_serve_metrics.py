@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -256,3 +257,37 @@ def test_serve_metrics_textfile_unwritable_never_stops_serving(tmp_path, need):
                                               (("class", "success"),))] == 1
     finally:
         server.stop()
+
+
+def test_serve_workers_do_not_hold_the_metrics_port(tmp_path):
+    """SIGTERM with a session still running: a new serve binds the same metrics port at
+    once (the worker finishing that session closed its copy of /metrics' socket)."""
+    hold = tmp_path / "hold"
+    hold.write_text("#!/bin/sh\necho hi\nread line\n")
+    hold.chmod(0o755)
+    port = free_port()
+    old = Listener("serve", [*OPTS, "--metrics-listen", f"127.0.0.1:{port}"], [str(hold)],
+                   tmp_path)
+    try:
+        with old.connect() as sock:
+            assert sock.recv(10) == b"hi\n"
+            os.kill(old.pid, signal.SIGTERM)
+            assert old.proc.wait(timeout=15) == 0
+            code, err = _serve_status_after_start("--metrics-listen", f"127.0.0.1:{port}")
+            assert code == 0, err
+            sock.sendall(b"bye\n")
+    finally:
+        old.stop()
+
+
+def _serve_status_after_start(*args: str) -> tuple[int, bytes]:
+    """Start serve, see it listen (-1), stop it: its exit code and stderr."""
+    proc = subprocess.Popen([*wrapper_argv(), "serve", *args, "-1", "127.0.0.1", "0", "true"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip().isdigit():
+        proc.terminate()
+    _, err = proc.communicate(timeout=15)
+    return proc.returncode, err
