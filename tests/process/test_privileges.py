@@ -285,7 +285,8 @@ def test_serve_daemon_pidfile_directory_of_the_u_user(root, public_dir):
                       str(OTHER_GID))
     assert started.returncode == 0, started
     pid = int(_wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
-    assert _ids(pid)["Uid"] == [NOBODY] * 4
+    # the pidfile is written as it detaches, before it binds and switches: wait
+    _wait_for(lambda: _ids(pid)["Uid"] == [NOBODY] * 4)
     _stop_daemon(pidfile)
     _wait_for(lambda: not pidfile.exists())
 
