@@ -108,6 +108,24 @@ class Server:
         return usage
 
 
+def printed_port(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The port a server started with ``-1 ... 0`` prints first on its stdout (tcpserver
+    and serve alike); None when it exits or says nothing else within ``timeout``."""
+    import select
+
+    assert proc.stdout is not None
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n") and time.monotonic() < deadline:
+        if not select.select([proc.stdout], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 64)
+        if not chunk:
+            break
+        line += chunk
+    return int(line) if line.strip().isdigit() else None
+
+
 def parent_fds(pid: int) -> list[str]:
     """The open descriptors of serve's parent, without its workers' control sockets.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import build, build_sink, parent_fds, wrapper_command  # noqa: E402
+from benchlib import build, build_sink, parent_fds, printed_port, wrapper_command  # noqa: E402
 
 __all__ = ["Soak", "parent_status", "main"]
 
@@ -69,19 +68,11 @@ class Soak:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=log,
                                          start_new_session=True)
-        assert self.proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + 15
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            if select.select([self.proc.stdout], [], [], 0.2)[0]:
-                chunk = os.read(self.proc.stdout.fileno(), 64)
-                if not chunk:
-                    break
-                line += chunk
-        if not line.strip().isdigit():
+        port = printed_port(self.proc, 15)
+        if port is None:
             self.stop()
             raise RuntimeError(f"serve did not start: {log_path.read_bytes()[-2000:]!r}")
-        self.port = int(line)
+        self.port = port
         self.done = 0
         self.failures = 0
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from strict_logfmt import StrictError, parse, parse_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from benchlib import printed_port  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 CHILD_SOURCE = TESTS_DIR / "fakes" / "script_child.c"
@@ -373,18 +376,11 @@ class Server:
         self._reader = threading.Thread(target=self._read_log, args=(self.proc.stderr,),
                                         daemon=True)
         self._reader.start()
-        line = b""
-        deadline = time.monotonic() + 20
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            if select.select([self.proc.stdout], [], [], 0.2)[0]:
-                chunk = os.read(self.proc.stdout.fileno(), 64)
-                if not chunk:
-                    break
-                line += chunk
-        if not line.strip().isdigit():
+        port = printed_port(self.proc, 20)
+        if port is None:
             self.stop()
-            raise AssertionError(f"{front} did not start: {line!r} {self.bad_lines!r}")
-        self.port = int(line)
+            raise AssertionError(f"{front} did not start: {self.bad_lines!r}")
+        self.port = port
 
     def _read_log(self, pipe) -> None:
         for raw in pipe:
