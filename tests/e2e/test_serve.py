@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import select
 import signal
 import socket
 import socketserver
@@ -29,11 +28,19 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ci
-from helpers import events, fill_pipe, kill_group, no_core_dumps, recv_until_eof, wrapper_argv
+from helpers import (
+    events,
+    fill_pipe,
+    kill_group,
+    no_core_dumps,
+    read_log,
+    recv_until_eof,
+    wrapper_argv,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from benchlib import parent_fds  # noqa: E402
+from benchlib import parent_fds, printed_port  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -61,30 +68,18 @@ class Listener:
                 self.argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=subprocess.PIPE, stderr=err if stderr is None else stderr, env=env,
                 start_new_session=True, preexec_fn=no_core_dumps)
-        assert self.proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + START_S
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            if not select.select([self.proc.stdout], [], [], 0.2)[0]:
-                continue
-            chunk = os.read(self.proc.stdout.fileno(), 64)
-            if not chunk:
-                break
-            line += chunk
-        if not line.strip().isdigit():
+        port = printed_port(self.proc, START_S)
+        if port is None:
             self.stop()
-            raise AssertionError(f"{kind} did not start: {line!r} {self.log()!r}")
-        self.port = int(line)
+            raise AssertionError(f"{kind} did not start: {self.log()!r}")
+        self.port = port
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode("ascii", "replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path, self.proc.poll() is None)
 
     def connect(self, timeout: float = 15.0) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=timeout)
