@@ -109,6 +109,7 @@ class Observer:
         self._sreader = LineReader(max_line_bytes)
         self._replies = ReplyAssembler()
         self._server_tls = False
+        self._tls_first_byte = True  # the next server byte is the first after TLS began
         self._reply_end = 0  # server stream offset just past the current reply line
         self._client_seen = False
         self._server_seen = False
@@ -190,8 +191,11 @@ class Observer:
         while pos < n:
             if self._server_tls:
                 chunk = data[pos:] if pos else data
-                if not st.tls_active and is_tls_record(chunk):
-                    st.tls_active = True  # TLS only once the server speaks it
+                if self._tls_first_byte:
+                    # TLS only once the server speaks it, judged on the first byte
+                    # after the 220 (where the chunk starts is the network's choice)
+                    self._tls_first_byte = False
+                    st.tls_active = is_tls_record(chunk)
                 out += self._tls.feed_server(chunk)
                 break
             line, pos, cut_now, truncated = self._sreader.next_line(data, pos)

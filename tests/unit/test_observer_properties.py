@@ -66,6 +66,31 @@ def test_observer_split_anywhere_same_events(steps, data):
     assert _run(steps, lambda d: [d[i:i + 1] for i in range(len(d))] or [d]) == ref
 
 
+# What may follow the 220 to STARTTLS in the server's stream: TLS records, or
+# plaintext a broken (or hostile) server sends first.  Where the network cuts
+# these is where split-dependence hides, so every example goes through there.
+AFTER_STARTTLS = [b"250 ok\r\n", b"220 ready\r\n", b"\x16\x03\x03\x00\x01z",
+                  b"\x15\x03\x03\x00\x02\x02\x28", b"\x17\x03\x03\x00\x02ab", b"junk",
+                  b"\r\n"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(before=st.lists(st.sampled_from([b"EHLO x\r\n", b"NOOP\r\n"]), max_size=2),
+       server=st.lists(st.sampled_from(AFTER_STARTTLS), min_size=1, max_size=6).map(b"".join),
+       client=st.lists(st.sampled_from(AFTER_STARTTLS), max_size=3).map(b"".join),
+       cuts=st.lists(st.integers(1, 200), max_size=6))
+def test_observer_split_after_starttls_same_events(before, server, client, cuts):
+    """The bytes around a STARTTLS, cut anywhere, give the same events and state."""
+    steps = [("S", b"220 mx\r\n"), ("C", b"EHLO c\r\n"),
+             ("S", b"250-mx\r\n250 STARTTLS\r\n"),
+             ("C", b"".join(before) + b"STARTTLS\r\n" + client),
+             ("S", b"250 ok\r\n" * len(before) + b"220 go\r\n" + server),
+             ("C", b""), ("S", b"")]
+    ref = _run(steps, lambda d: [d])
+    assert _run(steps, lambda d: cut_at(d, cuts)) == ref
+    assert _run(steps, lambda d: [d[i:i + 1] for i in range(len(d))] or [d]) == ref
+
+
 @settings(max_examples=200, deadline=None)
 @given(body=st.lists(st.sampled_from(BODY_PIECES), max_size=40).map(b"".join),
        cuts=st.lists(st.integers(1, 50000), max_size=10))

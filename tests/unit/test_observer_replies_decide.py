@@ -133,6 +133,18 @@ def test_starttls_is_tls_only_once_the_server_speaks_it():
     assert obs.state.tls_active
 
 
+def test_starttls_plain_line_then_tls_record_same_however_cut():
+    """After the 220 to STARTTLS a plaintext line, then a TLS record: not TLS, in one
+    chunk or split between the two (the first byte after the 220 decides, not a chunk's)."""
+    head = [BANNER, ("C", b"EHLO x\r\n"), ("C", b"EHLO x\r\n"), ("C", b"STARTTLS\r\n"),
+            ("S", b"250 ok\r\n"), ("S", b"250 ok\r\n")]
+    tail = b"220 ready\r\n250 ok\r\n" + b"\x16\x03\x03\x00\x01z"
+    whole, _ = run([*head, ("S", tail)])
+    split, _ = run([*head, ("S", tail[:19]), ("S", tail[19:])])
+    assert not whole.state.tls_active and not split.state.tls_active
+    assert repr(whole.state) == repr(split.state)
+
+
 def _refused_data_pipelined(lines: int):
     body = b"".join(b"line %d of a body nobody asked for\r\n" % i for i in range(lines))
     return [BANNER, *EHLO, ("C", b"DATA\r\n" + body + b".\r\nQUIT\r\n"),
