@@ -146,6 +146,8 @@ class Capture:
         self._auth = False
         cut = " [line cut]" if ev.truncated else ""
         if verb == "UNKNOWN":
+            if ev.line_bytes is not None:  # after AUTH: maybe a credential, never shown
+                return [f"[{ev.line_bytes} bytes not shown]"]
             return [escape(args) + cut]
         return [(f"{verb} {escape(args)}" if args else verb) + cut]
 

@@ -61,6 +61,17 @@ BDAT = 3
 TLS = 4
 
 _MAX_MECHANISM = 32
+# An unknown command is shown by its first word only, cut to this: enough for
+# "GET" or "X-EXPS", never the rest of a line a client may have put a secret in.
+UNKNOWN_WORD_BYTES = 32
+
+
+def _unknown_shown(line: bytes, after_auth: bool) -> tuple[bytes | None, int | None]:
+    """What an unknown command line may show: its first word, or after AUTH its length."""
+    if after_auth:
+        return None, capped(len(line), BYTES_CAP)
+    word = line.split(b" ", 1)[0].split(b"\0", 1)[0]
+    return word[:UNKNOWN_WORD_BYTES], None
 
 
 def line_too_long(st: SessionState, seen: int, direction: str, limit: int,
@@ -97,6 +108,10 @@ class ClientReader:
         self._bdat_last = False
         self._unknown_run = 0
         self._too_long = 0
+        # From an AUTH command to the next known verb: lines there may be
+        # credentials (a server without AUTH answers each 502), never shown.
+        self._after_auth = False
+        self._auth_ahead = 0  # lines the exchange took, less the 334s that asked for one
 
     @property
     def buffered(self) -> int:
@@ -164,13 +179,18 @@ class ClientReader:
         if self.auth is not None:
             # A credential: the exchange takes the user name, the line dies here.
             self.auth.client_response(line)
+            self._auth_ahead += 1
             return
         st = self.state
         verb, args = split_command(line)
         bump(st.sent, verb)
+        shown: bytes | None = args
+        line_bytes = None
         if verb != "UNKNOWN":
             self._unknown_run = 0
+            self._after_auth = verb == "AUTH"
         else:
+            shown, line_bytes = _unknown_shown(args, self._after_auth)
             self._unknown_run += 1
             if st.not_smtp or self._unknown_run >= NOT_SMTP_LINES:
                 if not st.not_smtp:
@@ -189,13 +209,14 @@ class ClientReader:
         initial = None
         if verb == "AUTH":
             mech, _, initial = args.partition(b" ")
-            args = mech[:_MAX_MECHANISM].upper()
-        text, cut = clip(args)
+            shown = args = mech[:_MAX_MECHANISM].upper()
+        text, cut = clip(shown) if shown is not None else (None, False)
         out.append(Command(
             verb=verb, args=text, address=address, params=params,
-            pipelined=pending > 0, truncated=truncated or cut,
+            pipelined=pending > 0, truncated=truncated or cut, line_bytes=line_bytes,
         ))
-        self._arg = clip(address if address is not None else text, USER_CAP)[0]
+        arg = address if address is not None else text
+        self._arg = clip(arg, USER_CAP)[0] if arg is not None else None
         self._stages.move(verb)
         handler = getattr(self, "_cmd_" + verb.lower(), None)
         if handler is None:
@@ -288,6 +309,25 @@ class ClientReader:
         if initial:
             self.auth.client_response(initial)
 
+    def auth_asked(self) -> None:
+        """A 334: the server asks for the next line of the exchange."""
+        self._auth_ahead -= 1  # the line it asks for may not have come yet
+
+    def auth_done(self) -> AuthExchange | None:
+        """The exchange's final reply: it ends here.
+
+        Lines sent ahead of a 334 that never came (a server without AUTH
+        answers 502 at once) were commands to the server, each answered:
+        they wait for their replies as unknown lines, never shown.
+        """
+        auth, self.auth = self.auth, None
+        ahead, self._auth_ahead = self._auth_ahead, 0
+        if ahead > 0:
+            st = self.state
+            st.sent["UNKNOWN"] = capped(st.sent.get("UNKNOWN", 0) + ahead)
+            self._push("UNKNOWN", None, ahead)
+        return auth
+
     def _cmd_bdat(self, args: bytes, initial: bytes | None, out: list[Event]) -> None:
         size, last = parse_bdat(args)
         st = self.state
@@ -373,6 +413,7 @@ class ClientReader:
         self.tls = tls
         self.mode = TLS
         self.auth = None
+        self._auth_ahead = 0
         self.body = None
         hold = self.hold
         held = bytes(hold.buf)

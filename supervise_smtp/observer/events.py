@@ -83,13 +83,17 @@ class Command(Event):
     """One client command line.
 
     ``verb`` is the upper-cased verb when it is one we know, else "UNKNOWN"
-    with the whole line in ``args``.  For AUTH, ``args`` is the mechanism
-    only: the initial response is a credential and never reaches an event.
-    ``address``/``params`` are set for MAIL and RCPT.  ``pipelined`` says
-    replies to earlier commands were still pending.
+    with only the line's first word in ``args`` (cut to UNKNOWN_WORD_BYTES),
+    never the rest of it.  After an AUTH, whatever its reply, the lines up to
+    the next known verb may be credentials sent to a server that refused the
+    exchange: they keep ``args`` None and give only their length,
+    ``line_bytes``.  For AUTH, ``args`` is the mechanism only: the initial
+    response is a credential and never reaches an event.  ``address``/``params``
+    are set for MAIL and RCPT.  ``pipelined`` says replies to earlier commands
+    were still pending.
     """
 
-    __slots__ = ("verb", "args", "address", "params", "pipelined", "truncated")
+    __slots__ = ("verb", "args", "address", "params", "pipelined", "truncated", "line_bytes")
     NAME = "command"
 
 
@@ -110,7 +114,8 @@ class Reject(Event):
     """A 4xx/5xx reply and the command it answered, as Postfix's ``reject:`` line.
 
     ``arg`` is the command's address (MAIL, RCPT), AUTH's mechanism (never a
-    credential) or the line's argument, cut to 256 bytes; ``command`` is None
+    credential), nothing for a line that may be one (see Command), or the
+    line's argument (an unknown command's first word), cut to 256 bytes; ``command`` is None
     for the banner and for a reply no command was waiting for.  Replies in the
     middle of a body are DataRejected instead.  The first few per session
     only; the summary counts them all (``rejects``).

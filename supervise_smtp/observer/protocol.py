@@ -239,6 +239,7 @@ class Observer:
         challenge = verb == "AUTH" and r.code == 334 and self._client.auth is not None
         if challenge:
             self._pending.push_front(Wait("AUTH", wait.arg, 1))  # type: ignore[union-attr]
+            self._client.auth_asked()
         elif verb == BDAT_LAST and r.code == 503:
             verb = "BDAT"  # out of sequence: the message never reached a queue
         st.last_reply_code = r.code
@@ -352,10 +353,9 @@ class Observer:
             self._client.release_hold(out)
 
     def _reply_auth(self, r: CompleteReply, out: list[Event]) -> None:
-        auth = self._client.auth
+        auth = self._client.auth_done()
         if auth is None:
             return
-        self._client.auth = None
         st = self.state
         if auth.cancelled:
             result = "cancelled"

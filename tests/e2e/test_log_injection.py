@@ -32,7 +32,9 @@ from helpers import (
     SMTPD,
     SmtpClient,
     double_env,
+    event,
     events,
+    poll_until,
     wrapper_argv,
 )
 from log_keys import check_keys
@@ -238,3 +240,44 @@ def test_log_injection_qmail_smtpd_double(tcpserver, tmp_path, fmt):
     assert [e["event"] for e in parsed].count("summary") == len(PAYLOADS)
     for ev in parsed:
         assert "forged" not in ev and ("verdict" not in ev or ev["event"] == "summary"), ev
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["lockstep", "pipelined"])
+def test_log_injection_auth_refused_credentials_not_logged(tcpserver, tmp_path, pipelined):
+    """qmail-smtpd without an AUTH patch answers AUTH and each credential line 502: the
+    base64 user, password and PLAIN blob reach no log line, transcript or alert."""
+    cap, dump = tmp_path / "cap", tmp_path / "alert.env"
+    cap.mkdir(mode=0o700)
+    alert = tmp_path / "alert.sh"
+    alert.write_text(f"#!/bin/sh\nenv > {dump}.tmp && mv {dump}.tmp {dump}\n")
+    alert.chmod(0o755)
+    server = tcpserver([*wrapper_argv(), "--capture", str(cap), "--capture-when", "always",
+                        "--alert-exec", str(alert), "--alert-on", "rejected", "--", SMTPD],
+                       env=double_env(tmp_path))
+    secrets = [_b64(b"alice@example.org"), _b64(PASSWORD),
+               _b64(b"\0alice@example.org\0" + PASSWORD)]
+    lines = [b"AUTH LOGIN", secrets[0], secrets[1], b"AUTH PLAIN", secrets[2]]
+    client = SmtpClient(server)
+    assert client.reply()[0] == 220
+    client.cmd(b"EHLO client.test", 250)
+    if pipelined:
+        client.sock.sendall(b"".join(line + b"\r\n" for line in lines))
+        assert [client.reply()[0] for _ in lines] == [502] * len(lines)
+    else:
+        for line in lines:
+            client.cmd(line, 502)
+    client.cmd(b"QUIT", 221)
+    client.hang_up()
+    server.end_statuses(1)
+    summary = event(server.log(), "summary")
+    assert summary["verdict"] == "rejected", summary
+    rejects = [e for e in events(server.log()) if e["event"] == "reject"]
+    assert len(rejects) == len(lines) and {e.get("command") for e in rejects} == {
+        "AUTH", "UNKNOWN"}, rejects
+    dumped = poll_until("the alert's environment", lambda: dump.exists() and dump.read_bytes())
+    transcripts = b"".join(p.read_bytes() for p in cap.iterdir())
+    if not pipelined:  # pipelined, the exchange took them: no command lines at all
+        assert transcripts.count(b"bytes not shown") == 3, transcripts
+    for secret in secrets:
+        for place in (server.log().encode(), transcripts, dumped):
+            assert secret not in place

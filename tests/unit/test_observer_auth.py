@@ -8,7 +8,7 @@ import pytest
 from helpers import bytewise, feed
 
 from supervise_smtp.observer import Observer
-from supervise_smtp.observer.events import AuthResult, Command
+from supervise_smtp.observer.events import AuthResult, Command, Reject
 
 SECRET = b"s3cr3t-Pa55word!"
 USER = b"alice@example.org"
@@ -97,3 +97,40 @@ def test_auth_unknown_mechanism_refused_then_commands_resume():
     assert (result.mechanism, result.user, result.result) == ("GSSAPI", None, "failed")
     assert [c.verb for c in events if isinstance(c, Command)] == ["EHLO", "AUTH", "MAIL"]
     assert obs.stage == "mail"
+
+
+# qmail-smtpd without an AUTH patch answers AUTH, and then each credential
+# line, with its unknown-command reply (qmail-smtpd.c: err_unimpl).
+UNIMPL = b"502 unimplemented (#5.5.1)\r\n"
+REFUSED = {
+    "login": [b"AUTH LOGIN", b64(USER), b64(SECRET)],
+    "login-initial": [b"AUTH LOGIN " + b64(USER), b64(SECRET)],
+    "plain": [b"AUTH PLAIN", PLAIN],
+    "plain-two-lines": [b"AUTH PLAIN", PLAIN, PLAIN + b" x"],
+}
+
+
+def _refused(lines, pipelined):
+    wire = [line + b"\r\n" for line in lines]
+    if pipelined:
+        return [("C", b"".join(wire)), ("S", UNIMPL * len(wire))]
+    return [step for line in wire for step in (("C", line), ("S", UNIMPL))]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+@pytest.mark.parametrize("pipelined", [False, True], ids=["lockstep", "pipelined"])
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_auth_refused_credentials_never_in_events(name, pipelined, split):
+    """Credentials sent to a server that refused AUTH: each line shows only its length."""
+    obs = Observer()
+    steps = [*HEAD, *_refused(REFUSED[name], pipelined), ("C", b"MAIL FROM:<a@b>\r\n"),
+             ("S", b"250 ok\r\n"), ("C", b"QUIT\r\n"), ("S", b"221 bye\r\n"), ("C", b"")]
+    events = feed(steps, obs, split=bytewise if split == "bytewise" else (lambda d: [d]))
+    dump = repr(events) + repr(obs.state) + repr(vars(obs))
+    for secret in (b64(USER), b64(SECRET), PLAIN):
+        assert secret.decode() not in dump
+    commands = [c for c in events if isinstance(c, Command)]
+    assert [c.verb for c in commands][-2:] == ["MAIL", "QUIT"]  # commands again after
+    for unknown in (c for c in commands if c.verb == "UNKNOWN"):
+        assert unknown.args is None and unknown.line_bytes > 0
+    assert all(r.arg in (None, b"LOGIN", b"PLAIN") for r in events if isinstance(r, Reject))
