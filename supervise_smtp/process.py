@@ -19,7 +19,8 @@ import os
 
 from supervise_smtp.errors import TempError
 
-__all__ = ["Child", "ExitStatus", "FORWARDED_SIGNALS", "STOP_SIGNALS", "become_subreaper",
+__all__ = ["Child", "ExitStatus", "FORWARDED_SIGNALS", "STOP_SIGNALS", "SignalWakeup",
+           "become_subreaper",
            "default_sigchld", "die_like", "forward_signals", "original_environ", "reap",
            "reap_pid", "signal_name", "spawn", "standard_fds"]
 
@@ -81,6 +82,50 @@ def forward_signals(child: Child) -> list[int]:
     for sig in FORWARDED_SIGNALS:
         _signal.signal(sig, forward)
     return received
+
+
+class SignalWakeup:
+    """A pipe the C-level signal handler writes a byte to: the relay polls its read end.
+
+    Python runs a signal's handler between bytecodes.  A signal that lands
+    after the last check and before the relay's poll() enters the kernel
+    (the thread released the GIL and was preempted there) would otherwise
+    wait for the next I/O, which a quiet child never makes: ``svc -d`` then
+    hangs.  The byte in the pipe wakes poll(), and the handler runs.
+    """
+
+    __slots__ = ("fd", "_w", "_old")
+
+    def __init__(self) -> None:
+        self.fd = self._w = self._old = -1
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # out of descriptors: the relay's 100 ms tick stands in
+            return
+        try:
+            self._old = _signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: nothing to wake
+            os.close(r)
+            os.close(w)
+            return
+        self.fd, self._w = r, w
+
+    def drain(self) -> None:
+        """Empty the pipe (the handlers themselves run on their own)."""
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Give the wakeup back (serve's workers run many sessions)."""
+        if self._w < 0:
+            return
+        _signal.set_wakeup_fd(self._old)
+        os.close(self.fd)
+        os.close(self._w)
+        self.fd = self._w = -1
 
 
 class ExitStatus:

@@ -189,7 +189,7 @@ class Relay:
                  err_fd: int | None, pidfd: int | None, tap: Tap | None,
                  stderr_cb, child_exited, linger_s: float = 1.0,
                  idle_s: float = 0.0, max_s: float = 0.0, on_timeout=None,
-                 kill_child=None, rewrite=None, hold_timers=None) -> None:
+                 kill_child=None, rewrite=None, hold_timers=None, wakeup=None) -> None:
         self.cin = cin
         self.cout = cout
         self.server = server
@@ -237,6 +237,9 @@ class Relay:
         self.rewrite = rewrite
         self.rewrite_error: BaseException | None = None
         self.ended: float | None = None
+        # process.SignalWakeup: its fd turns readable on any signal, so that a
+        # handler never waits for the next I/O (None, or fd -1: tick instead)
+        self.wakeup = wakeup if wakeup is not None and wakeup.fd >= 0 else None
 
     # -- taps ------------------------------------------------------------
     def _show(self, client: bool, data: bytes) -> None:
@@ -517,6 +520,8 @@ class Relay:
                 want[self.err_fd] = _POLLIN
             if self.pidfd is not None:
                 want[self.pidfd] = select.POLLIN
+            if self.wakeup is not None:
+                want[self.wakeup.fd] = select.POLLIN
             for fd in [fd for fd in registered if fd not in want]:
                 poller.unregister(fd)
                 del registered[fd]
@@ -529,10 +534,14 @@ class Relay:
             if timer is not None and (left is None or timer < left):
                 left = timer
             timeout = None if left is None else max(0.0, left) * 1000
-            if self.pidfd is None and (timeout is None or timeout > 100.0):
-                timeout = 100.0  # no pidfd: look for the child's exit every 100 ms
+            if (self.pidfd is None or self.wakeup is None) and (
+                    timeout is None or timeout > 100.0):
+                timeout = 100.0  # no pidfd (or no wakeup): look every 100 ms
             events = poller.poll(timeout)
             for fd, ev in events:
+                if self.wakeup is not None and fd == self.wakeup.fd:
+                    self.wakeup.drain()
+                    continue
                 if fd == self.pidfd:
                     self._note_exit()
                     continue

@@ -17,6 +17,7 @@ from supervise_smtp.errors import TempError
 from supervise_smtp.process import (
     Child,
     ExitStatus,
+    SignalWakeup,
     default_sigchld,
     forward_signals,
     reap,
@@ -77,7 +78,8 @@ class Session:
     """The parts of one connection, by name; each step of ``run`` is a method."""
 
     __slots__ = ("opts", "started", "env", "log_fd", "base", "child", "stop_signals",
-                 "subreaper_error", "out", "facts", "stderr", "queue", "tap", "link", "fixer")
+                 "subreaper_error", "out", "facts", "stderr", "queue", "tap", "link", "fixer",
+                 "wakeup")
 
     def __init__(self, opts: Options, argv: list[str],
                  env: dict[bytes, bytes] | None = None, log_fd: int | None = None) -> None:
@@ -95,6 +97,7 @@ class Session:
             self._refused(err)
             raise
         self.stop_signals = forward_signals(self.child)
+        self.wakeup = SignalWakeup()
         self.subreaper_error = None
         if opts.subreaper:
             from supervise_smtp.process import become_subreaper
@@ -171,8 +174,12 @@ class Session:
             ClientEnd(0), ClientEnd(1), child.sock, child.err_fd, child.pidfd, self.tap,
             self._stderr, self._child_exited, linger_s=opts.linger_s,
             idle_s=opts.idle_timeout_s, max_s=opts.max_session_s, on_timeout=self._on_timeout,
-            kill_child=child.signal, rewrite=self.fixer, hold_timers=self._hold_timers)
-        self.link.run()
+            kill_child=child.signal, rewrite=self.fixer, hold_timers=self._hold_timers,
+            wakeup=self.wakeup)
+        try:
+            self.link.run()
+        finally:
+            self.wakeup.close()
 
     def _stderr(self, data: bytes) -> None:
         if self.stderr is None:

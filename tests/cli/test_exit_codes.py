@@ -232,6 +232,47 @@ def test_cli_forwarded_signal_kills_untrapped_child_and_wrapper(tmp_path):
     assert event(err, "child_exit")["signal"] == "SIGTERM"
 
 
+def test_cli_forwarded_signal_never_waits_for_the_next_io():
+    """A TERM that lands just before the relay's poll() is still passed on at once.
+
+    The race: Python runs a handler between bytecodes, so a signal taken after
+    the last check and before poll() entered the kernel waited for the next
+    I/O, which a quiet child never makes (svc -d hung).  Bursts of ALRM (passed
+    on, ignored by the child) make the relay re-enter poll() again and again,
+    and two busy loops make it likely to be preempted right there.
+    """
+    child = "trap '' ALRM; echo ready; exec sleep 1000"  # the ignored ALRM survives exec
+    load = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
+    hung = []
+    try:
+        for attempt in range(120):
+            proc = subprocess.Popen([*wrapper_argv(), "--", "sh", "-c", child],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            try:
+                assert proc.stdout is not None
+                assert read_fd_until(proc.stdout.fileno(), b"ready\n") == b"ready\n"
+                for _ in range(1 + attempt % 24):
+                    proc.send_signal(signal.SIGALRM)
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    hung.append(attempt)
+                    proc.send_signal(signal.SIGTERM)  # the next signal wakes it
+                    proc.communicate(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=10)
+            assert proc.returncode == -signal.SIGTERM
+    finally:
+        for p in load:
+            p.kill()
+            p.wait()
+    assert not hung, f"still running 5 s after SIGTERM in attempts {hung}"
+
+
 def _child_stderr(tmp_path, lines: list[bytes], *opts: str) -> subprocess.CompletedProcess[bytes]:
     """Run the wrapper around a child writing ``lines`` on its stderr (in two writes)."""
     payload = tmp_path / "stderr.bin"
