@@ -37,7 +37,8 @@ the connection's own child is never daemonized):
   errors reach the log; every other fd is closed (the client socket and the
   state file lock are never held by an alert); signal dispositions and mask
   are reset to the defaults.
-- Environment: the wrapper's, minus any inherited ``SUPERVISE_SMTP_*``
+- Environment: the connection's (the one its child got: the wrapper's
+  own, or the one serve made with the rule's variables), minus any inherited ``SUPERVISE_SMTP_*``
   (except ``SUPERVISE_SMTP_ALERT_TIMEOUT``), plus ``SUPERVISE_SMTP_<KEY>`` for
   each summary field rendered as in the log (escaped printable ASCII, ints in
   decimal, ``true``/``false``, sequences comma-joined, None left out, capped
@@ -58,6 +59,10 @@ import os
 
 from supervise_smtp.diagnose import STAGES, VERDICTS, client_lost
 from supervise_smtp.errors import UsageError
+
+TYPE_CHECKING = False  # typing costs start-up; mypy knows this name
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_ON",
@@ -123,16 +128,22 @@ def _wanted(on: frozenset[str], verdict: str, parent_died: bool) -> bool:
 
 def maybe_alert(prog: str, on: frozenset[str] | None, rate: tuple[int, float] | None,
                 state_dir: str | None, verdict: str, fields: dict[str, object],
-                parent_died: bool) -> dict[str, object] | None:
-    """Run ``prog`` detached if this connection calls for an alert; see the module doc."""
+                parent_died: bool, env: dict[bytes, bytes] | None = None,
+                ) -> dict[str, object] | None:
+    """Run ``prog`` detached if this connection calls for an alert; see the module doc.
+
+    ``env``: the connection's environment, the one its child got (serve's
+    workers pass the one they made, with the rule's variables); None: ours.
+    """
+    base = os.environb if env is None else env
     try:
         if not _wanted(DEFAULT_ON if on is None else on, verdict, parent_died):
             return None
         if rate is None:
-            return _send(prog, verdict, fields, 0)
+            return _send(prog, verdict, fields, 0, base)
         if not state_dir:
             return {"action": "error", "error": "--alert-rate needs --state-dir"}
-        return _limited(prog, rate, state_dir, verdict, fields)
+        return _limited(prog, rate, state_dir, verdict, fields, base)
     except Exception as exc:  # never raise into the session
         return {"action": "error", "error": _err_text(exc)}
 
@@ -171,7 +182,7 @@ def _write_state(fd: int, suppressed: int, times: list[float]) -> None:
 
 
 def _limited(prog: str, rate: tuple[int, float], state_dir: str, verdict: str,
-             fields: dict[str, object]) -> dict[str, object]:
+             fields: dict[str, object], base: Mapping[bytes, bytes]) -> dict[str, object]:
     import fcntl
     import time
 
@@ -193,7 +204,7 @@ def _limited(prog: str, rate: tuple[int, float], state_dir: str, verdict: str,
             _write_state(fd, suppressed + 1, times[-count:])
             return {"action": "suppressed", "suppressed": suppressed + 1}
         # Spawn under the lock (a few ms): the send is recorded only if it started.
-        result = _send(prog, verdict, fields, suppressed)
+        result = _send(prog, verdict, fields, suppressed, base)
         if result["action"] == "sent":
             _write_state(fd, 0, [*times, now][-count:])
         return result
@@ -207,14 +218,15 @@ def _env_key(key: str) -> str:
     return _PREFIX + "".join(c if c.isascii() and c.isalnum() else "_" for c in key).upper()
 
 
-def _alert_env(verdict: str, fields: dict[str, object], suppressed: int) -> dict[bytes, bytes]:
+def _alert_env(verdict: str, fields: dict[str, object], suppressed: int,
+               base: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
     """The alert program's environment (bytes), as described in the module doc.
 
     Each value as the log line shows it (output.render): escaped, capped.
     """
     from supervise_smtp.output import escape, render
 
-    env = {k: v for k, v in os.environb.items()
+    env = {k: v for k, v in base.items()
            if not k.startswith(_PREFIX.encode()) or k == _TIMEOUT_ENV.encode()}
     for key, value in fields.items():
         text = render(value)
@@ -225,19 +237,20 @@ def _alert_env(verdict: str, fields: dict[str, object], suppressed: int) -> dict
     return env
 
 
-def _timeout_s() -> float:
+def _timeout_s(base: Mapping[bytes, bytes]) -> float:
     try:
-        value = float(os.environ.get(_TIMEOUT_ENV, ""))
+        value = float(base.get(_TIMEOUT_ENV.encode(), b""))
     except ValueError:
         return ALERT_TIMEOUT_S
     return value if 0 < value <= 86400 else ALERT_TIMEOUT_S
 
 
-def _resolve(prog: str) -> str:
+def _resolve(prog: str, base: Mapping[bytes, bytes]) -> str:
     """PROG as a path: as given when it has a slash, else looked up in $PATH."""
     if "/" in prog:
         return prog
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    path_var = base.get(b"PATH", os.defpath.encode()).decode("utf-8", "surrogateescape")
+    for directory in path_var.split(os.pathsep):
         path = os.path.join(directory or ".", prog)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
@@ -250,17 +263,17 @@ def _close_from_3_except(keep: int) -> None:
 
 
 def _send(prog: str, verdict: str, fields: dict[str, object],
-          suppressed: int) -> dict[str, object]:
+          suppressed: int, base: Mapping[bytes, bytes]) -> dict[str, object]:
     """Start prog detached; ``sent`` with its pid, or ``error``."""
-    path = _resolve(prog)
+    path = _resolve(prog, base)
     if not os.access(path, os.X_OK) or os.path.isdir(path):
         import errno
 
         code = errno.EISDIR if os.path.isdir(path) else (
             errno.EACCES if os.path.exists(path) else errno.ENOENT)
         return {"action": "error", "error": f"unable to run {prog}: {os.strerror(code)}"}
-    env = _alert_env(verdict, fields, suppressed)
-    timeout = _timeout_s()
+    env = _alert_env(verdict, fields, suppressed, base)
+    timeout = _timeout_s(base)
     rfd, wfd = os.pipe()
     try:
         pid_a = os.fork()

@@ -342,7 +342,7 @@ class Session:
             try:
                 result = maybe_alert(opts.alert_exec, opts.alert_on, opts.alert_rate,
                                      opts.state_dir, verdict, line,
-                                     self.facts.scanner_died_pid is not None)
+                                     self.facts.scanner_died_pid is not None, self.env)
             except Exception as exc:  # an alert problem never changes the session's outcome
                 result = {"action": "error", "error": repr(exc)[:200]}
             if result:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import test_serve
-from helpers import recv_until_eof
+from helpers import poll_until, recv_until_eof, wrapper_argv
 from test_serve import DNS_IP, SHOW_ENV, Listener, script, wire
 
 pytestmark = pytest.mark.e2e
@@ -137,3 +137,31 @@ def test_serve_rules_rebuilt_take_effect_at_once(both, public_dir, tmp_path, nee
     assert compare(ts, sv, ["127.0.0.1"]) == [(b"hi\n", 0)]
     tcprules(tmp_path, ":deny\n")
     assert compare(ts, sv, ["127.0.0.1"]) == [(b"", 100 << 8)]
+
+
+def test_serve_alert_exec_gets_the_rules_variables_like_tcpserver(public_dir, tmp_path, need):
+    """The alert program sees the connection's environment, the rule's variables with it,
+    under serve as under tcpserver + wrapper: one environment per connection."""
+    need("tcprules")
+    cdb = tcprules(tmp_path, '127.0.0.3:allow,RELAYCLIENT="",X="y"\n:allow\n')
+    dumps = {kind: public_dir / f"alert-{kind}.env" for kind in ("tcpserver", "serve")}
+    alert = script(public_dir, "alert", 'env > "$DUMP.tmp" && mv "$DUMP.tmp" "$DUMP"\n')
+    child = script(public_dir, "crash", "echo '220 hi'; exit 3\n")
+    # the client closes at once: client_lost_after_banner or server_crashed
+    opts = ["--alert-exec", alert, "--alert-on", "client_lost_after_*,server_crashed"]
+    for kind, dump in dumps.items():
+        env = dict(os.environ, DUMP=str(dump))
+        tcp_opts = ["-v", "-HR", "-l", "0", "-x", cdb]
+        if kind == "tcpserver":
+            server = Listener(kind, tcp_opts, [*wrapper_argv(), *opts, "--", child], tmp_path,
+                              env=env)
+        else:  # serve takes the wrapper's options before host and port
+            server = Listener(kind, [*tcp_opts, *opts], [child], tmp_path, env=env)
+        try:
+            assert talk_from(server, "127.0.0.3").startswith(b"220 hi")
+            poll_until(f"{kind}'s alert", dump.exists)
+        finally:
+            server.stop()
+        seen = dump.read_bytes().splitlines()
+        assert b"RELAYCLIENT=" in seen and b"X=y" in seen, (kind, seen)
+        assert any(v.startswith(b"SUPERVISE_SMTP_VERDICT=") for v in seen), (kind, seen)
