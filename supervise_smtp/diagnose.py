@@ -54,7 +54,8 @@ class Facts:
         "tls_cipher", "tls_alert", "tls_started", "tls_hello_done",
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
-        "stopped_by", "reply_acked", "helo_name", "mail_from_domain", "stderr_unlogged",
+        "stopped_by", "reply_acked", "quit_heard", "helo_name", "mail_from_domain",
+        "stderr_unlogged",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -83,8 +84,10 @@ class Facts:
     queue_watch_pid: int | None  # the queue program seen under the child at DATA
     queue_outlived: bool  # ... and still alive after the child was gone
     queue_reaped: dict[str, object] | None  # --subreaper: its own exit/signal
-    reply_acked: bool | None  # the client's TCP acknowledged the reply to '.' (asked
-    # only when that reply went out after the client's EOF); None: not asked or no answer
+    reply_acked: bool | None  # the client's TCP acknowledged the reply to '.'; False:
+    # the connection ended first; None: not TCP, no answer in time, or no such reply
+    quit_heard: bool | None  # ... every byte before the reply to QUIT: the client was
+    # there for its session's end (False: gone before its pipelined QUIT was answered)
     stopped_by: list[str] | None  # TERM/HUP/INT we received and passed on (SIGTERM...)
     helo_name: bytes | None  # the argument of the last EHLO/HELO
     mail_from_domain: bytes | None  # the domain of the last MAIL FROM (never its local part)
@@ -171,7 +174,7 @@ def _stopped(f: Facts) -> str | None:
         return None
     if f.signal is not None:
         return f.signal_name if f.signal_name in f.stopped_by else None
-    if st.quit_sent and (st.quit_answered or f.exit_code == 0):
+    if st.quit_sent and (st.quit_answered or f.exit_code == 0) and f.quit_heard is not False:
         return None
     if f.exit_code == 0 and (st.tls_active or st.not_smtp):
         return None
@@ -242,8 +245,16 @@ def _decide(f: Facts) -> tuple[str, str]:
         # replies and a QUIT went by unparsed, so decide on facts that do not
         # depend on timing: the exit code (0 only after QUIT) and who closed.
         return "rejected", f"client not speaking SMTP ({NOT_SMTP_LINES} unknown commands in a row)"
-    if not st.quit_sent and client_left:
+    # A QUIT is a clean end only for a client still there for the replies before its
+    # answer: one that pipelined '.' and QUIT and left has not seen its 250.
+    quit_lost = st.quit_sent and f.quit_heard is False
+    if quit_lost or (not st.quit_sent and client_left):
         stage = f.client_stage or st.stage
+        if stage == STAGE_QUIT:
+            stage = st.quit_from or stage
+        if quit_lost:
+            return client_lost(stage), (f"client gone in stage {stage} before the replies "
+                                        "to its pipelined commands, QUIT's included")
         how = "write to client failed" if f.client_gone and f.first_close != "client" else (
             "client closed")
         return client_lost(stage), f"{how} in stage {stage} before QUIT"
@@ -328,10 +339,12 @@ def diagnose(f: Facts) -> tuple[str, dict[str, object]]:
             else:
                 fields["queued"] = "no"
             if f.end_replies and st.end_reply_offset is not None:
-                # every byte of it written to the client's socket and, when the
-                # client had already closed its side, acknowledged (not reset)
-                delivered = f.bytes_out >= st.end_reply_offset and f.reply_acked is not False
-                fields["reply_delivered"] = "yes" if delivered else "no"
+                # yes only once the client's TCP acknowledged every byte of it;
+                # no when it is known to have missed it; never yes by default
+                if f.bytes_out < st.end_reply_offset or f.reply_acked is False:
+                    fields["reply_delivered"] = "no"
+                else:
+                    fields["reply_delivered"] = "yes" if f.reply_acked else "unknown"
             if msg.bare_lf_count:
                 fields["bare_lf"] = msg.bare_lf_count
                 fields["bare_lf_line"] = msg.bare_lf_first_line

@@ -93,6 +93,10 @@ class Metrics:
         self.duration = Histogram(
             "supervise_smtp_session_duration_seconds", "Duration of SMTP connections, from "
             "the wrapper's start to the summary.", buckets=DURATION_BUCKETS_S, registry=reg)
+        self.duplicate_risk = Counter(
+            "supervise_smtp_duplicate_risk", "Messages the client may send again: queued "
+            "with a reply it is not known to have got (reply_delivered no or unknown), or "
+            "the end of data sent and no reply seen (queued=unknown).", registry=reg)
         self.log_dropped = Counter(
             "supervise_smtp_log_dropped", "Event lines lost because the log service did not "
             "read them in time (log_dropped=).", registry=reg)
@@ -131,6 +135,8 @@ class Metrics:
             self.rejects.inc(t.rejects)
         if t.bare_lf:
             self.bare_lf.inc()
+        if t.duplicate_risk:
+            self.duplicate_risk.inc()
         if t.queue is not None:
             self.queue_exit.labels(t.queue).inc()
         if t.child is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "STAGE_LABELS",
     "VERDICT_LABELS",
     "Tally",
+    "duplicate_risk",
     "parse_record",
     "record",
     "tally",
@@ -81,7 +82,8 @@ class Tally:
     """
 
     __slots__ = ("verdict", "stage", "code", "queue", "child", "parent_died", "bare_lf",
-                 "rejects", "bytes_in", "bytes_out", "duration_ms", "log_dropped")
+                 "duplicate_risk", "rejects", "bytes_in", "bytes_out", "duration_ms",
+                 "log_dropped")
 
     verdict: str
     stage: str
@@ -90,6 +92,7 @@ class Tally:
     child: str | None
     parent_died: bool
     bare_lf: bool
+    duplicate_risk: bool
     rejects: int
     bytes_in: int
     bytes_out: int
@@ -99,7 +102,8 @@ class Tally:
     def __init__(self, verdict: str = OTHER, stage: str = OTHER, code: str | None = None,
                  queue: str | None = None, child: str | None = None, parent_died: bool = False,
                  bare_lf: bool = False, rejects: int = 0, bytes_in: int = 0, bytes_out: int = 0,
-                 duration_ms: int | None = None, log_dropped: int = 0) -> None:
+                 duration_ms: int | None = None, log_dropped: int = 0,
+                 duplicate_risk: bool = False) -> None:
         self.verdict = verdict
         self.stage = stage
         self.code = code
@@ -107,6 +111,7 @@ class Tally:
         self.child = child
         self.parent_died = parent_died
         self.bare_lf = bare_lf
+        self.duplicate_risk = duplicate_risk
         self.rejects = rejects
         self.bytes_in = bytes_in
         self.bytes_out = bytes_out
@@ -186,6 +191,23 @@ def _queue_class(fields: Mapping[str, object]) -> str | None:
     return None
 
 
+def duplicate_risk(fields: Mapping[str, object]) -> str | None:
+    """``yes`` or ``unknown`` (the summary's ``queued``) when the client may send this
+    message again, else None.
+
+    Queued with a reply the client is not known to have got
+    (``reply_delivered`` no or unknown: never counted as delivered by
+    default), or the end of data sent and no reply seen (``queued=unknown``).
+    One reading for report, collect and serve's counters alike.
+    """
+    queued = _text(fields.get("queued"))
+    if queued == "unknown":
+        return queued
+    if queued == "yes" and _text(fields.get("reply_delivered")) != "yes":
+        return queued
+    return None
+
+
 def _child_label(fields: Mapping[str, object]) -> str | None:
     """qmail-smtpd's signal name, exit code, ``unknown``; None when the line has neither."""
     sig = _text(fields.get("signal"))
@@ -214,6 +236,7 @@ def tally(fields: Mapping[str, object]) -> Tally:
         child=_child_label(fields),
         parent_died=_text(fields.get("queue")) == "parent_died",
         bare_lf=bool(bare_lf),
+        duplicate_risk=duplicate_risk(fields) is not None,
         rejects=_count(fields.get("rejects")) or 0,
         bytes_in=_count(fields.get("bytes_in")) or 0,
         bytes_out=_count(fields.get("bytes_out")) or 0,
@@ -226,7 +249,7 @@ def tally(fields: Mapping[str, object]) -> Tally:
 _LABEL_KEYS = {b"v": "verdict", b"s": "stage", b"c": "code", b"q": "queue", b"x": "child"}
 _INT_KEYS = {b"r": "rejects", b"i": "bytes_in", b"o": "bytes_out", b"d": "duration_ms",
              b"g": "log_dropped"}
-_FLAG_KEYS = {b"p": "parent_died", b"l": "bare_lf"}
+_FLAG_KEYS = {b"p": "parent_died", b"l": "bare_lf", b"u": "duplicate_risk"}
 _ALLOWED: dict[str, tuple[str, ...] | frozenset[str]] = {
     "verdict": VERDICT_LABELS, "stage": STAGE_LABELS, "code": REPLY_LABELS,
     "queue": QUEUE_CLASSES, "child": CHILD_LABELS,

@@ -66,39 +66,43 @@ def _never() -> bool:
 
 
 _SIOCOUTQ = 0x5411  # Linux: bytes in a TCP socket's send queue not yet acknowledged
+_TCP_CLOSE = 7  # tcp_info's tcpi_state once the connection is over (reset, or closed)
 ACK_WAIT_SECONDS = 1.0
 
 
-def client_acked(fd: int, timeout_s: float = ACK_WAIT_SECONDS) -> bool | None:
-    """Did the client's TCP acknowledge everything we wrote to it?
+def client_acked(end: ClientEnd, written: int, want: int,
+                 timeout_s: float = ACK_WAIT_SECONDS) -> tuple[int, bool] | None:
+    """How many of the ``written`` bytes the client's TCP acknowledged: (acked, over).
 
-    Written is not delivered once the client has closed: a client that
-    half-closed and keeps reading acknowledges the reply; one that closed its
-    socket answers it with a reset (SO_ERROR), and will send the message again.
-    True or False, or None when ``fd`` is not a TCP socket or the answer did
-    not come within ``timeout_s``.  Asked only in that rare case, at the end.
+    Written is not delivered: a client that closed its socket answers our
+    bytes with a reset, not an acknowledgement, and will send its message
+    again; one that half-closed and reads acknowledges them.  The kernel's
+    send queue still holds what was never acknowledged after a reset, so the
+    count stays right when the connection is over (``over``).  Waits up to
+    ``timeout_s`` for ``want`` bytes to be acknowledged or the connection to
+    end; None when ``end`` is not a TCP socket (a pipe, a test's socketpair):
+    there is nothing to learn.  Asked once, at the end of a session.
     """
     import fcntl
     import sys
 
     try:
-        sock = _socket.socket(fileno=fd)
+        sock = _socket.socket(fileno=end.fd)
     except OSError:
         return None
+    deadline = time.monotonic() + timeout_s
     try:
         if sock.family not in (_socket.AF_INET, _socket.AF_INET6):
             return None
-        deadline = time.monotonic() + timeout_s
         while True:
-            if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR):
-                return False
-            unacked = int.from_bytes(fcntl.ioctl(fd, _SIOCOUTQ, bytes(4)), sys.byteorder)
-            if unacked == 0:  # a reset empties the queue too: ask once more
-                return not sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            time.sleep(min(0.01, left))
+            unacked = int.from_bytes(fcntl.ioctl(end.fd, _SIOCOUTQ, bytes(4)), sys.byteorder)
+            if unacked and end.fin_sent:
+                unacked -= 1  # our FIN takes a sequence number, and is last
+            acked = max(0, written - unacked)
+            over = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+            if acked >= want or over or time.monotonic() >= deadline:
+                return acked, over
+            time.sleep(0.01)
     except OSError:
         return None
     finally:
@@ -108,12 +112,13 @@ def client_acked(fd: int, timeout_s: float = ACK_WAIT_SECONDS) -> bool | None:
 class ClientEnd:
     """One of fds 0/1: a socket (MSG_DONTWAIT) or anything else (O_NONBLOCK)."""
 
-    __slots__ = ("fd", "sock", "restore_blocking")
+    __slots__ = ("fd", "sock", "restore_blocking", "fin_sent")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.sock: _socket.socket | None = None
         self.restore_blocking = False
+        self.fin_sent = False  # our shutdown queued a FIN
         try:
             mode = os.fstat(fd).st_mode
         except OSError:
@@ -150,6 +155,7 @@ class ClientEnd:
         if self.sock is not None:
             try:
                 self.sock.shutdown(_socket.SHUT_WR)
+                self.fin_sent = True
             except OSError:
                 pass
             return

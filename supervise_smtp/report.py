@@ -49,6 +49,7 @@ from supervise_smtp.logstamp import (
     SCALES,
     StampReader,
 )
+from supervise_smtp.metrics_record import duplicate_risk
 from supervise_smtp.topk import Capped, TopK
 
 __all__ = ["ABNORMAL", "Filters", "Tally", "main", "parse_args", "parse_time"]
@@ -255,8 +256,8 @@ class Tally:
             self.tls += 1
             self.tls_versions.add(get("tls_version") or "(none)")
             self.tls_ciphers.add(get("tls_cipher") or "(none)")
-        queued = get("queued")
-        if queued == "unknown" or queued == "yes" and get("reply_delivered") == "no":
+        queued = duplicate_risk(f)
+        if queued is not None:
             self.duplicates[queued] += 1
             self.duplicate_rows.append({
                 "time": when, "remote": remote, "pid": get("pid"), "verdict": verdict,

@@ -99,7 +99,8 @@ def _duplicates(out: list[str], dup: dict[str, object]) -> None:
     if not yes and not unknown:
         return
     _heading(out, "Duplicate risk: queued, the client never got the reply, it will send again")
-    out.append(f"queued=yes reply_delivered=no: {yes}; queued=unknown (reply never seen): "
+    out.append(f"queued=yes reply_delivered=no or unknown: {yes}; "
+               f"queued=unknown (reply never seen): "
                f"{unknown}")
     rows = dup["recent"]
     assert isinstance(rows, list)

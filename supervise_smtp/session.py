@@ -300,7 +300,7 @@ class Session:
         facts.bytes_in = link.bytes_in
         facts.bytes_out = link.bytes_out
         facts.timeout_fired = link.timeout_fired
-        facts.reply_acked = self._reply_acked()
+        facts.reply_acked, facts.quit_heard = self._acknowledged()
         try:
             verdict, fields = diagnose(facts)
         except Exception as exc:  # fail open: a diagnose bug never costs the exit status
@@ -311,16 +311,40 @@ class Session:
         self.out.emit("summary", line)
         return verdict, line
 
-    def _reply_acked(self) -> bool | None:
-        """The reply to '.' went out after the client's EOF: did the client take it?"""
-        st, link = self.facts.state, self.link
-        if (st is None or st.end_reply_offset is None or link.client_gone
-                or link.out_at_client_eof is None
-                or not link.out_at_client_eof < st.end_reply_offset <= link.bytes_out):
-            return None
-        from supervise_smtp.relay import client_acked
+    def _acknowledged(self) -> tuple[bool | None, bool | None]:
+        """Did the client's TCP take the reply to '.', and every byte before QUIT's?
 
-        return client_acked(link.cout.fd)
+        The first is reply_delivered; the second tells a client that was there
+        for its session's end from one gone before its pipelined QUIT was
+        answered.  True, False (never all written, or the connection ended
+        first), None (not TCP, or no answer within relay.ACK_WAIT_SECONDS).
+        """
+        st, link, facts = self.facts.state, self.link, self.facts
+        if st is None:
+            return None, None
+        reply = st.end_reply_offset if facts.end_replies else None
+        before_quit = st.quit_reply_start if st.quit_sent and st.quit_answered else None
+        wants = [o for o in (reply, before_quit) if o is not None]
+        if not wants:
+            return None, None
+        measured = None
+        if min(wants) <= link.bytes_out:
+            from supervise_smtp.relay import client_acked
+
+            measured = client_acked(link.cout, link.bytes_out,
+                                    max(o for o in wants if o <= link.bytes_out))
+
+        def took(offset: int | None) -> bool | None:
+            if offset is None:
+                return None
+            if offset > link.bytes_out:
+                return False  # never all written: the client cannot have it
+            if measured is None:
+                return None
+            acked, over = measured
+            return True if acked >= offset else (False if over else None)
+
+        return took(reply), took(before_quit)
 
     # -- after the verdict -----------------------------------------------------
     def report(self, verdict: str, line: dict[str, object]) -> None:

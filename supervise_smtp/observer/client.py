@@ -217,6 +217,8 @@ class ClientReader:
         ))
         arg = address if address is not None else text
         self._arg = clip(arg, USER_CAP)[0] if arg is not None else None
+        if verb == "QUIT":
+            st.quit_from = st.stage
         self._stages.move(verb)
         handler = getattr(self, "_cmd_" + verb.lower(), None)
         if handler is None:

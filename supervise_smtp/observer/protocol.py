@@ -111,6 +111,7 @@ class Observer:
         self._server_tls = False
         self._tls_first_byte = True  # the next server byte is the first after TLS began
         self._reply_end = 0  # server stream offset just past the current reply line
+        self._last_reply_end = 0  # ... just past the last complete reply
         self._client_seen = False
         self._server_seen = False
         self._banner_done = False
@@ -233,6 +234,7 @@ class Observer:
 
     def _reply(self, r: CompleteReply, out: list[Event]) -> None:
         st = self.state
+        start, self._last_reply_end = self._last_reply_end, self._reply_end
         stage = st.stage
         wait = self._pending.pop()
         verb = wait.verb if wait is not None else None
@@ -271,6 +273,8 @@ class Observer:
             return
         if verb in END_OF_MESSAGE:
             st.end_reply_offset = self._reply_end
+        elif verb == "QUIT":
+            st.quit_reply_start = start
         if verb == UNSEEN:
             return
         if st.not_smtp and 200 <= r.code < 400 and (junk or verb in _SPEAKS_SMTP):

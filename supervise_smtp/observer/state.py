@@ -210,7 +210,7 @@ class SessionState(_Record):
         "lines_too_long", "pending", "pending_dropped", "unsolicited_replies",
         "malformed_replies", "client_bytes", "server_bytes", "client_closed",
         "server_closed", "not_smtp", "rejects", "rejects_unlogged", "end_reply_offset",
-        "unseen_lines", "tls_unanswered",
+        "unseen_lines", "tls_unanswered", "quit_from", "quit_reply_start",
     )
 
     def __init__(self) -> None:
@@ -266,6 +266,11 @@ class SessionState(_Record):
         # Server stream offset just past the reply to the last end of data:
         # the reply reached the client once that many bytes were written to it.
         self.end_reply_offset: int | None = None
+        # The stage QUIT was sent in, and the server stream offset where the
+        # reply to QUIT begins: a client that got every byte before it was
+        # there for its session's end (a client gone earlier left in quit_from).
+        self.quit_from: str | None = None
+        self.quit_reply_start: int | None = None
         # Client lines held past the hold bound, answered but never parsed.
         self.unseen_lines = 0
         # The client opened with a TLS hello and the server closed without a byte.

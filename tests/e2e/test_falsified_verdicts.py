@@ -9,6 +9,7 @@ the one summary line, parsed strictly.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from helpers import (
     events,
     one_summary,
     recv_until_eof,
+    wrapper_argv,
 )
 
 pytestmark = pytest.mark.e2e
@@ -193,3 +195,69 @@ def test_dictionary_attack_is_bounded_in_the_log(tcpserver, wrapper, tmp_path):
     summary, _, log = one_summary(server)
     assert [e["event"] for e in events(log)].count("reject") == 10
     check_fields(summary, "", verdict="rejected", rejects=1000, rejects_unlogged=990)
+
+
+@pytest.fixture(params=["tcpserver", "serve"])
+def either(request, tmp_path, need):
+    """The qmail-smtpd double (queue directory tmp_path/queue) under tcpserver + wrapper,
+    or under serve: factory taking extra environment."""
+    need("tcpserver")
+    started = []
+
+    def start(**extra: str):
+        from test_serve import Listener
+
+        (tmp_path / "queue").mkdir(exist_ok=True)
+        env = double_env(tmp_path, FAKE_QUEUE_DIR=str(tmp_path / "queue"), **extra)
+        prog = [*wrapper_argv(), "--", SMTPD] if request.param == "tcpserver" else [SMTPD]
+        started.append(Listener(request.param, ["-v", "-R", "-H", "-l", "0"], prog, tmp_path,
+                                env=env))
+        return started[-1]
+
+    yield start
+    for listener in started:
+        listener.stop()
+
+
+def _pipelined_end(c: SmtpClient, wait_s: float = 0.0) -> None:
+    """The envelope and DATA in lockstep, then the last body line, '.' and QUIT in one
+    write, and close without reading another byte (after ``wait_s``)."""
+    c.envelope()
+    c.cmd(b"DATA", 354)
+    c.sock.sendall(BODY + b".\r\nQUIT\r\n")
+    if wait_s:
+        time.sleep(wait_s)
+    c.sock.close()
+
+
+def _summaries(server, count: int) -> list[dict[str, str]]:
+    server.end_statuses(count)
+    found = [e for e in events(server.log()) if e["event"] == "summary"]
+    assert len(found) == count, server.log()
+    return found
+
+
+def test_unread_250_is_never_reply_delivered(either, tmp_path):
+    """'.' and QUIT in one write, then close without reading: the message is queued, the
+    client never saw its 250 and will send it again, so reply_delivered is never yes."""
+    server = either()
+    for _ in range(40):
+        _pipelined_end(SmtpClient(server))
+    summaries = _summaries(server, 40)
+    assert _queued(tmp_path) == 40
+    for summary in summaries:
+        assert summary["queued"] == "yes", summary
+        assert summary["reply_delivered"] in ("no", "unknown"), summary
+        assert summary["verdict"] == "client_lost_after_data_end", summary
+
+
+def test_pipelined_quit_client_gone_before_any_reply_is_not_ok(either, tmp_path):
+    """'.' and QUIT pipelined, the queue slow, the client gone before its reply: the 250
+    and the 221 went to nobody, a duplicate in the making, not 'QUIT answered'."""
+    server = either(FAKE_QUEUE_SLEEP="1.5")
+    _pipelined_end(SmtpClient(server), wait_s=0.3)
+    [summary] = _summaries(server, 1)
+    check_fields(summary, "before the replies to its pipelined commands",
+                 verdict="client_lost_after_data_end", queued="yes", reply_delivered="no",
+                 stage="data_end", quit=1)
+    assert _queued(tmp_path) == 1

@@ -32,6 +32,9 @@ def judge(steps, exit_code=1, first_close=None, **facts):
     f.state = observer.state
     if "bytes_out" not in facts:  # the relay wrote every server byte to the client
         f.bytes_out = f.state.server_bytes
+    for key in ("reply_acked", "quit_heard"):  # ... and the client's TCP took them all
+        if key not in facts:
+            setattr(f, key, True)
     f.exit_code = exit_code
     f.first_close = first_close or closed
     return diagnose(f)
@@ -357,10 +360,11 @@ def test_diagnose_stopped_is_a_verdict_not_alerted_by_default():
 
 
 def test_diagnose_reply_written_but_reset_is_not_delivered():
-    """The 250 written after the client's EOF, then reset by it: reply_delivered=no."""
+    """The 250 written after the client's EOF, then reset by it: reply_delivered=no; no
+    answer from the client's TCP (not TCP, or none in time) is unknown, never yes."""
     steps = BANNER + HELO + ENVELOPE + DATA + BODY + [("C", b"")] + [
         ("S", b"250 ok 1732537200 qp 77\r\n"), ("S", b"")]
-    for acked, want in ((False, "no"), (True, "yes"), (None, "yes")):
+    for acked, want in ((False, "no"), (True, "yes"), (None, "unknown")):
         _, fields = judge(steps, reply_acked=acked)
         assert fields["reply_delivered"] == want
 
@@ -411,3 +415,17 @@ def test_diagnose_helo_and_domain_are_capped_and_marked_truncated():
     assert line["helo_name"].startswith("h\\x1bh") and line["truncated"] == "true"
     _, plain = judge(BANNER + HELO + QUIT, exit_code=0)
     assert "truncated" not in plain and plain["helo_name"] == b"c.example"
+
+
+def test_diagnose_pipelined_quit_from_a_client_gone_is_not_ok():
+    """'.' and QUIT in one write, the client gone before any reply: the 250 and 221 went
+    to nobody, so the session is client_lost_after_data_end, queued, reply not delivered."""
+    steps = BANNER + HELO + ENVELOPE + DATA + [
+        ("C", b"Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n"), ("C", b""),
+        ("S", b"250 ok 1732537200 qp 77\r\n221 mx.example.org\r\n"), ("S", b"")]
+    verdict, fields = judge(steps, exit_code=0, reply_acked=False, quit_heard=False)
+    assert verdict == "client_lost_after_data_end", fields
+    assert (fields["queued"], fields["reply_delivered"]) == ("yes", "no")
+    assert "pipelined" in fields["reason"]
+    # the same bytes, every reply taken by the client's TCP: a clean end
+    assert judge(steps, exit_code=0)[0] == "ok"

@@ -192,7 +192,7 @@ text_values = st.one_of(
 summary_keys = st.sampled_from([
     "verdict", "stage", "last_reply", "queue", "queue_exit", "queue_signal", "queued",
     "exit", "signal", "bare_lf", "rejects", "bytes_in", "bytes_out", "duration_ms",
-    "log_dropped", "remote", "reason",
+    "log_dropped", "remote", "reason", "reply_delivered",
 ])
 summaries = st.dictionaries(summary_keys, text_values, max_size=17)
 
@@ -361,3 +361,23 @@ def test_metrics_session_values_and_their_logged_line_count_the_same():
         from_line.observe(line_fields(fields))
         assert from_record.observe_record(record(fields)) == 1
         assert samples(from_line) == samples(from_record)
+
+
+@pytest.mark.parametrize(("fields", "risk"), [
+    ({"queued": "yes", "reply_delivered": "yes"}, False),
+    ({"queued": "yes", "reply_delivered": "no"}, True),
+    ({"queued": "yes", "reply_delivered": "unknown"}, True),
+    ({"queued": "yes"}, True),  # never delivered by default
+    ({"queued": "unknown"}, True),
+    ({"queued": "no", "reply_delivered": "no"}, False),
+    ({}, False),
+])
+def test_metrics_duplicate_risk_counts_replies_not_known_delivered(fields, risk):
+    """supervise_smtp_duplicate_risk_total: queued, reply not known delivered, or no reply."""
+    m = Metrics()
+    summary = {"event": "summary", "verdict": "ok", "stage": "quit", **fields}
+    m.observe(summary)
+    assert samples(m)[("supervise_smtp_duplicate_risk_total", ())] == (1.0 if risk else 0.0)
+    via_record = Metrics()
+    via_record.observe_record(record(summary))
+    assert samples(via_record) == samples(m)

@@ -207,8 +207,9 @@ def test_relay_child_turn_fallback():
 
 @pytest.mark.parametrize(("how", "want"), [("half", True), ("full", False)])
 def test_client_acked_tells_half_close_from_close(how, want):
-    """A client that half-closed acknowledges what we write; one that closed resets it."""
-    from supervise_smtp.relay import client_acked
+    """A client that half-closed acknowledges what we write; one that closed resets it
+    (the reset leaves the reply unacknowledged, and the connection over)."""
+    from supervise_smtp.relay import ClientEnd, client_acked
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -222,17 +223,23 @@ def test_client_acked_tells_half_close_from_close(how, want):
             client.close()
         assert ours.recv(10) == b""
         time.sleep(0.05)
-        ours.send(b"250 ok 1 qp 2\r\n")
-        assert client_acked(ours.fileno(), 5.0) is want
+        reply = b"250 ok 1 qp 2\r\n"
+        ours.send(reply)
+        end = ClientEnd(ours.fileno())
+        try:
+            acked, over = client_acked(end, len(reply), len(reply), 5.0)
+        finally:
+            end.release()
+        assert (acked == len(reply), over) == (want, not want)
 
 
 def test_client_acked_is_none_on_a_pipe():
     """Not a TCP socket: nothing to ask, the caller keeps what it wrote."""
-    from supervise_smtp.relay import client_acked
+    from supervise_smtp.relay import ClientEnd, client_acked
 
     r, w = os.pipe()
     try:
-        assert client_acked(w, 0.1) is None
+        assert client_acked(ClientEnd(w), 3, 3, 0.1) is None
     finally:
         os.close(r)
         os.close(w)

@@ -380,3 +380,14 @@ def test_report_queue_hours_text_keeps_the_first_and_last_day():
     text = render(tables)
     assert "2026-11-29 10:00" in text and "2026-12-01 21:00" in text
     assert "2026-11-30 10:00" not in text and "... 12 more hours ..." in text
+
+
+def test_report_reply_not_known_delivered_is_a_duplicate_risk():
+    """queued=yes with reply_delivered no or unknown is a duplicate risk; yes is not."""
+    t = Tally(None, "daemontools")
+    t.feed([_line(_summary("192.0.2.9", 200 + i, "client_lost_after_data_end", queued="yes",
+                           reply_delivered=delivered))
+            for i, delivered in enumerate(["no", "unknown", "yes"])])
+    dup = t.tables()["duplicate_risk"]
+    assert (dup["queued_yes_reply_not_delivered"], dup["queued_unknown"]) == (2, 0)
+    assert [r["pid"] for r in dup["recent"]] == ["200", "201"]
