@@ -243,10 +243,10 @@ class Server:
         self.http_polled: dict[int, int] = {}  # its descriptors in our poll set, and events
         self.textfile: Any = None  # metrics.TextfileWriter, with --metrics-textfile
         self._catch_signals()
-        short = serve_fds.make_room(cfg.limit, cfg.spare_workers)  # a descriptor per worker
-        if short:
-            self.log.error("serve_error", where="nofile", missing=short,
-                           error="RLIMIT_NOFILE hard limit too low for -c")
+        # a descriptor per worker: the limit is raised, or -c capped (said in run)
+        self.nofile_short = serve_fds.make_room(cfg.limit, cfg.spare_workers)
+        self.limit = cfg.limit  # -c, or what the descriptors allow
+        self.held: tuple[int, tuple[object, ...]] | None = None  # accepted, out of fds
 
     def listen(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -294,8 +294,16 @@ class Server:
         """Serve until SIGTERM; 0."""
         local = self.sock.getsockname()
         cfg = self.cfg
+        if self.nofile_short:
+            from supervise_smtp.metrics_http import MAX_CLIENTS
+
+            http = MAX_CLIENTS if self.http is not None else 0
+            self.limit = min(cfg.limit, serve_fds.room(cfg.spare_workers, http))
+            self.log.error("serve_error", where="nofile", missing=self.nofile_short,
+                           limit=self.limit,
+                           error="RLIMIT_NOFILE hard limit too low for -c: -c capped")
         self.log.status("listen", pid=os.getpid(), local=local[0], local_port=local[1],
-                        limit=cfg.limit, backlog=cfg.backlog, prog=cfg.prog[0])
+                        limit=self.limit, backlog=cfg.backlog, prog=cfg.prog[0])
         trouble = self.stats.start()  # psutil's import, once listening, before the freeze
         if trouble:
             self.log.error("serve_error", where="stats", error=trouble)
@@ -365,8 +373,8 @@ class Server:
     def _wait(self, deadline: float | None) -> None:
         """Poll the wakeup pipe, the workers, and the listening socket while there is room."""
         now = time.monotonic()
-        want = (not self.stopping and len(self.active) < self.cfg.limit
-                and now >= self.paused_until)
+        want = (not self.stopping and len(self.active) < self.limit
+                and now >= self.paused_until and self.held is None)
         if want != self.listening:
             if want:
                 self.poller.register(self.sock.fileno(), select.POLLIN)
@@ -431,7 +439,7 @@ class Server:
             self.metrics.denied()
         worker.served += 1
         self.log.status("end", remote=remote, pid=worker.pid, status=status,
-                        active=len(self.active), limit=self.cfg.limit)
+                        active=len(self.active), limit=self.limit)
         if worker.ctl is None or self.stopping or worker.served >= self.cfg.worker_sessions:
             self._unlink(worker)  # EOF ends it (one at its last session ends by itself)
         else:
@@ -467,16 +475,22 @@ class Server:
                 remote = self.active.pop(pid)
                 self.stats.ended(status)
                 self.log.status("end", remote=remote, pid=pid, status=status,
-                                active=len(self.active), limit=self.cfg.limit)
+                                active=len(self.active), limit=self.limit)
             elif status:
                 self.log.error("worker_lost", pid=pid, status=status, served=worker.served)
 
     def _accept(self) -> None:
         """Accept while there is room (at most ACCEPT_BURST), a worker for each."""
+        if self.held is not None:  # accepted when descriptors ran out: its turn first
+            if time.monotonic() < self.paused_until or len(self.active) >= self.limit:
+                return
+            (fd, addr), self.held = self.held, None
+            if not self._give(fd, addr):
+                return
         if not self.listening:
             return
         for _ in range(ACCEPT_BURST):
-            if len(self.active) >= self.cfg.limit:
+            if len(self.active) >= self.limit:
                 return
             try:
                 fd, addr = self.sock._accept()  # type: ignore[attr-defined]
@@ -484,33 +498,61 @@ class Server:
                 return
             except OSError as err:
                 if err.errno in _NO_FDS:
-                    now = time.monotonic()
-                    self.accept_errors += 1
-                    if now >= self.accept_error_next:  # one line per 10 s while it lasts
-                        self.log.error("serve_error", where="accept", error=err.strerror,
-                                       errno=err.errno, repeated=self.accept_errors)
-                        self.accept_errors = 0
-                        self.accept_error_next = now + ACCEPT_ERROR_EVERY_S
-                    self.paused_until = now + EMFILE_PAUSE_S
+                    self._out_of_fds("accept", err)
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             self.stats.accepted += 1
-            try:
-                self._hand(fd, addr)
-            finally:
-                os.close(fd)
+            if not self._give(fd, addr):
+                return
 
-    def _hand(self, fd: int, addr: tuple[object, ...]) -> None:
-        """The connection to an idle worker (a new one if none is): its fd goes over."""
+    def _out_of_fds(self, where: str, err: OSError) -> None:
+        """EMFILE and the like on the way to a session: pause accepting, one line per 10 s."""
+        now = time.monotonic()
+        self.accept_errors += 1
+        if now >= self.accept_error_next:  # one line per 10 s while it lasts
+            self.log.error("serve_error", where=where, error=err.strerror,
+                           errno=err.errno, repeated=self.accept_errors)
+            self.accept_errors = 0
+            self.accept_error_next = now + ACCEPT_ERROR_EVERY_S
+        self.paused_until = now + EMFILE_PAUSE_S
+
+    def _give(self, fd: int, addr: tuple[object, ...]) -> bool:
+        """Hand the connection over and close our copy of it; False: it is held.
+
+        Out of descriptors for its worker, the client keeps waiting, as in
+        the backlog (never accepted and closed): held, and handed over first
+        once the pause is over.
+        """
+        try:
+            handed = self._hand(fd, addr)
+        except BaseException:
+            os.close(fd)
+            raise
+        if handed:
+            os.close(fd)
+            return True
+        self.held = (fd, addr)
+        return False
+
+    def _hand(self, fd: int, addr: tuple[object, ...]) -> bool:
+        """The connection to an idle worker (a new one if none is): its fd goes over.
+
+        False when no worker could be made for want of descriptors (the
+        caller holds the connection); True when it was handed over, or
+        dropped for another reason.
+        """
         message = [b"C " + encode_addr(addr)]
         while True:
             fresh = not self.idle
             try:
                 worker = self.idle.pop() if self.idle else self._fork()
             except OSError as err:
+                if err.errno in _NO_FDS:
+                    self._out_of_fds("fork", err)
+                    return False
                 self.log.error("drop", remote=str(addr[0]), where="fork", error=err.strerror,
                                errno=err.errno)
-                return
+                return True
             assert worker.ctl is not None
             try:
                 socket.send_fds(worker.ctl, message, [fd],
@@ -521,12 +563,13 @@ class Server:
                 if fresh:
                     self.log.error("drop", remote=str(addr[0]), where="hand",
                                    error=err.strerror, errno=err.errno)
-                    return
+                    return True
         self.active[worker.pid] = peer_of(addr).ip
-        if len(self.active) == self.cfg.limit:
-            self.log.status("limit", active=len(self.active), limit=self.cfg.limit)
+        if len(self.active) == self.limit:
+            self.log.status("limit", active=len(self.active), limit=self.limit)
             if self.metrics is not None:
                 self.metrics.limit_reached()
+        return True
 
     def _spare(self) -> None:
         """The idle workers, forked before the first client needs one."""
@@ -568,6 +611,9 @@ class Server:
             self.poller.unregister(self.sock.fileno())
             self.listening = False
         self.sock.close()
+        if self.held is not None:  # as a client left in the backlog: closed with it
+            os.close(self.held[0])
+            self.held = None
         for worker in list(self.idle):
             self._unlink(worker)  # idle workers end now; busy ones after their session
         self.log.status("stop", signal=signal.Signals(self.stopping).name,

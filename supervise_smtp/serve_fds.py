@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import resource
 
-__all__ = ["OWN_FDS", "needed", "make_room", "restore"]
+__all__ = ["HANDOVER_FDS", "OWN_FDS", "needed", "make_room", "restore", "room"]
 
 OWN_FDS = 64  # the parent's own descriptors, with a margin
+# For a moment, on the way to a session: the accepted connection, a new
+# worker's socketpair, and one to spare.
+HANDOVER_FDS = 4
 
 _original: tuple[int, int] | None = None  # the limits before make_room raised them
 
@@ -50,6 +53,23 @@ def make_room(limit: int, spare: int) -> int:
         if _original is None:
             _original = (soft, hard)
     return want - new
+
+
+def room(spare: int, extra: int = 0) -> int:
+    """Sessions the soft limit leaves room for, beside the descriptors open now.
+
+    When ``make_room`` could not give -c its descriptors, -c is capped at
+    this: a session past it could only be accepted and then closed, where
+    tcpserver would have left it waiting in the backlog.  ``extra``:
+    descriptors the parent may open later (the /metrics endpoint's clients).
+    """
+    import os
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    used = len(os.listdir("/proc/self/fd")) - 1  # listdir's own descriptor
+    return max(1, soft - used - spare - HANDOVER_FDS - extra)
 
 
 def restore() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import resource
 import signal
 import socket
 import socketserver
@@ -48,6 +49,12 @@ _TCPSERVER_END = re.compile(r"^tcpserver: end (\d+) status (\d+)$", re.M)
 START_S = 15.0
 
 
+def _limits(nofile: tuple[int, int]) -> None:
+    """In the server's process before exec: no core dumps, and RLIMIT_NOFILE (soft, hard)."""
+    no_core_dumps()
+    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+
 class Listener:
     """tcpserver or ``supervise-smtp serve``, with ``-1`` on port 0 and its own session.
 
@@ -57,7 +64,8 @@ class Listener:
 
     def __init__(self, kind: str, opts: list[str], prog: list[str], workdir: Path,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 stdin: int | None = None, stderr: int | None = None) -> None:
+                 stdin: int | None = None, stderr: int | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
         self.kind = kind
         head = ["tcpserver"] if kind == "tcpserver" else [*wrapper_argv(), "serve"]
         self.argv = [*head, *opts, "-1", host, "0", *prog]
@@ -67,7 +75,8 @@ class Listener:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=subprocess.PIPE, stderr=err if stderr is None else stderr, env=env,
-                start_new_session=True, preexec_fn=no_core_dumps)
+                start_new_session=True,
+                preexec_fn=no_core_dumps if nofile is None else lambda: _limits(nofile))
         port = printed_port(self.proc, START_S)
         if port is None:
             self.stop()

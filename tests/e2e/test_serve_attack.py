@@ -239,3 +239,46 @@ def test_serve_rules_rebuilt_under_a_stream_of_clients(serve, public_dir, tmp_pa
     assert set(seen) <= {b"who=%d\n" % n for n in range(21)}, set(seen)
     _no_trouble(server.log())
     assert "where=rules" not in server.log()
+
+
+def test_serve_nofile_hard_limit_caps_c_and_closes_no_client(serve, public_dir):
+    """RLIMIT_NOFILE 64 soft and hard, -c 100, 90 clients at once: serve says the -c its
+    descriptors allow, serves no more at once, and closes no client without a banner:
+    the rest wait (in the backlog, as under tcpserver) and are served as others leave."""
+    prog = script(public_dir, "idle", "printf '220 idle\\r\\n'\nexec cat >/dev/null\n")
+    server = serve(["-vHR", "-l0", "-c", "100", "-b", "100"], [prog], nofile=(64, 64))
+    cap = int(server.wait_for(r"^event=serve_error where=nofile .*\blimit=(\d+)")[1])
+    assert 1 <= cap < 64, server.log()
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=15)
+             for _ in range(90)]
+    banners: dict[socket.socket, bytes] = {}
+    sel = selectors.DefaultSelector()
+    for sock in socks:
+        sel.register(sock, selectors.EVENT_READ)
+    rounds = 0
+    try:
+        while len(banners) < len(socks):
+            rounds += 1
+            assert rounds < 20, (len(banners), server.log()[-2000:])
+            got = []
+            wait_s = 15.0  # for the first banner of the round; then until none for 0.5 s
+            while ready := sel.select(wait_s):
+                for key, _ in ready:
+                    sock = key.fileobj
+                    data = sock.recv(64)  # type: ignore[union-attr]
+                    assert data.startswith(b"220 idle"), (data, server.log()[-2000:])
+                    banners[sock] = data  # type: ignore[index]
+                    sel.unregister(sock)
+                    got.append(sock)
+                wait_s = 0.5
+            assert got, (len(banners), server.log()[-2000:])
+            assert len(got) <= cap, (len(got), cap)
+            for sock in got:  # they leave: their slots go to those waiting
+                sock.close()
+    finally:
+        sel.close()
+        for sock in socks:
+            sock.close()
+    assert rounds >= 2  # some waited
+    assert not {e["event"] for e in events(server.log())} & {"drop", "worker_lost"}, (
+        server.log()[-3000:])
