@@ -193,7 +193,8 @@ def _preload(cfg: ServeConfig) -> None:
              "supervise_smtp.observer.auth", "supervise_smtp.observer.tls",
              "supervise_smtp.diagnose", "supervise_smtp.output", "supervise_smtp.scanner",
              "supervise_smtp.lines", "supervise_smtp.procfs", "supervise_smtp.tcpenv",
-             "ipaddress", "resource"]
+             "ipaddress", "resource",
+             "fcntl"]  # relay.client_acked, at a session's end (the TCP send queue)
     if opts.capture:
         names.append("supervise_smtp.capture")
     if opts.alert_exec:
