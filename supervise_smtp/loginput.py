@@ -6,7 +6,11 @@ was killed mid-file), which is the time they were closed: sorted by name
 they are in time order, and ``current`` comes last.  A file that starts with
 gzip's magic bytes is read through gzip whatever its name (a log processor
 or logrotate may have compressed the archives).  A gzip file cut short (still
-being written) gives what it has and counts one read error.
+being written) or corrupt gives what it has and counts one read error.
+
+Every read error (an input that cannot be opened, listed or read: EIO, a
+bad gzip stream) is kept as one line naming the input, and the other inputs
+are still read: the report says what it could, and exits 111 after it.
 
 Lines are read as bytes and decoded as Latin-1, which never fails and keeps
 one character per byte: an event line of ours is printable ASCII, anything
@@ -22,7 +26,7 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.errors import UsageError
 
 __all__ = ["Inputs", "expand", "STDIN"]
 
@@ -31,12 +35,21 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ARCHIVE_SUFFIXES = (".s", ".u", ".s.gz", ".u.gz")
 
 
+class Unlistable(str):
+    """A log directory that could not be listed: read, it is one read error."""
+
+    __slots__ = ("reason",)
+    reason: str
+
+
 def _archives(directory: str) -> list[str]:
     """A log directory's files in time order: ``@...s``/``@...u`` by name, then current."""
     try:
         names = os.listdir(directory)
     except OSError as err:
-        raise TempError(f"unable to read {directory}: {err.strerror}", err.errno) from err
+        gone = Unlistable(directory)
+        gone.reason = err.strerror or str(err)
+        return [gone]
     files = sorted(n for n in names if n.startswith("@") and n.endswith(_ARCHIVE_SUFFIXES))
     if "current" in names:
         files.append("current")
@@ -73,16 +86,15 @@ class Inputs:
         self.tails: list[tuple[str, float, str]] = []
 
     def _open(self, path: str) -> tuple[BinaryIO, BinaryIO]:
-        """(the stream to read lines from, the file under it)."""
-        if path == STDIN:
-            raw: BinaryIO = sys.stdin.buffer
-        else:
-            try:
-                raw = open(path, "rb")  # noqa: SIM115 - closed by lines()
-            except OSError as err:
-                raise TempError(f"unable to read {path}: {err.strerror}", err.errno) from err
-        peek = getattr(raw, "peek", None)
-        head = peek(2)[:2] if peek is not None else b""
+        """(the stream to read lines from, the file under it); OSError if it cannot be."""
+        raw: BinaryIO = sys.stdin.buffer if path == STDIN else open(path, "rb")  # noqa: SIM115
+        try:
+            peek = getattr(raw, "peek", None)
+            head = peek(2)[:2] if peek is not None else b""
+        except OSError:
+            if path != STDIN:
+                raw.close()
+            raise
         if head == _GZIP_MAGIC:
             return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
         return raw, raw
@@ -91,7 +103,14 @@ class Inputs:
         """Each line of each input, without its line end, as Latin-1 text."""
         for path in self.paths:
             self.current = path
-            stream, raw = self._open(path)
+            if isinstance(path, Unlistable):
+                self.read_errors.append(f"{path}: {path.reason}")
+                continue
+            try:
+                stream, raw = self._open(path)
+            except OSError as err:
+                self.read_errors.append(f"{path}: {_reason(err)}")
+                continue
             self.files += 1
             last = None
             try:
@@ -101,8 +120,17 @@ class Inputs:
                 if last is not None and path != STDIN:
                     self.tails.append((path, os.fstat(raw.fileno()).st_mtime, last))
             except (OSError, EOFError, zlib.error) as err:
-                self.read_errors.append(f"{path}: {err}")
+                self.read_errors.append(f"{path}: {_reason(err)}")
             finally:
                 if path != STDIN:
                     stream.close()
                     raw.close()
+
+
+def _reason(err: BaseException) -> str:
+    """An error as one short line: the system's words for an OSError, else the message."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if isinstance(err, EOFError):
+        return "cut short (compressed stream ended before its end marker)"
+    return str(err) or type(err).__name__

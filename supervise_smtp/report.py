@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from supervise_smtp.diagnose import VERDICTS
-from supervise_smtp.errors import UsageError
+from supervise_smtp.errors import EXIT_TEMP, UsageError
 from supervise_smtp.loginput import Inputs, expand
 from supervise_smtp.logparse import FOREIGN, MALFORMED, parse_event
 from supervise_smtp.logstamp import (
@@ -446,7 +446,8 @@ exit: 0 report written, 100 usage or no such file, 111 an input unreadable.
 
 
 def main(args: list[str]) -> int:
-    """``supervise-smtp report``: 0, or UsageError (100), TempError (111)."""
+    """``supervise-smtp report``: 0; 111 when an input could not be read (after the
+    report of the others); UsageError (100)."""
     ns = parse_args(args)
     if ns.help:
         sys.stdout.write(HELP)
@@ -457,7 +458,7 @@ def main(args: list[str]) -> int:
     inputs = Inputs(paths)
     tally.feed(inputs.lines())
     for error in inputs.read_errors:
-        sys.stderr.write(f"supervise-smtp report: warning: {error}\n")
+        sys.stderr.write(f"supervise-smtp report: unable to read {error}\n")
     notes = scale_notes(inputs.tails, ns.tai64n)
     for note in notes:
         sys.stderr.write(f"supervise-smtp report: note: {note}\n")
@@ -468,4 +469,4 @@ def main(args: list[str]) -> int:
         from supervise_smtp.report_text import render
 
         sys.stdout.write(render(tables))
-    return 0
+    return EXIT_TEMP if inputs.read_errors else 0  # what could be read is reported

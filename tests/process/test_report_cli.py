@@ -88,16 +88,30 @@ def test_report_cli_text_output_and_filters(tmp_path):
     assert max(map(len, proc.stdout.splitlines())) <= 100
 
 
-def test_report_cli_truncated_gzip_is_a_warning(tmp_path):
-    """A gzip file cut short (still being written) gives its lines and a warning; exit 0."""
+def test_report_cli_read_errors_named_others_reported_exit_111(tmp_path):
+    """A gzip cut short, a corrupt one, EIO (/proc/self/mem), a directory as current: one
+    line naming each, the lines before a cut and the other inputs still reported, then
+    111; never a traceback."""
     data = gzip.compress(b"".join(_line(T0 + i, i) for i in range(200)))
-    cut = tmp_path / "cut.gz"
+    cut, bad, good = tmp_path / "cut.gz", tmp_path / "bad.gz", tmp_path / "good"
     cut.write_bytes(data[: len(data) - 20])
-    proc = report("--json", cut)
-    assert proc.returncode == 0
+    bad.write_bytes(data[:10] + b"\xff" * 64 + data[74:])
+    good.write_bytes(_line(T0 + 500, 500))
+    logdir = tmp_path / "svc"
+    (logdir / "current").mkdir(parents=True)
+    proc = report("--json", cut, "/proc/self/mem", bad, logdir, good)
+    assert proc.returncode == 111, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    named = [str(cut), "/proc/self/mem", str(bad), str(logdir / "current")]
+    assert len(lines) == len(named), lines
+    for line, path in zip(lines, named, strict=True):
+        assert line.startswith(f"supervise-smtp report: unable to read {path}: "), line
     doc = json.loads(proc.stdout)
-    assert doc["input"]["read_errors"] and "warning: " in proc.stderr
-    assert 0 < doc["input"]["summaries"] <= 200
+    assert len(doc["input"]["read_errors"]) == len(named)
+    pids = [row["pid"] for row in doc["duplicate_risk"]["recent"]]
+    assert "500" in pids  # the input after the bad ones
+    assert 0 < doc["input"]["summaries"] <= 201
 
 
 def test_report_cli_exit_codes(tmp_path):
@@ -109,7 +123,7 @@ def test_report_cli_exit_codes(tmp_path):
     (logdir / "current").mkdir(parents=True)  # a log dir whose current cannot be read
     proc = report(logdir)
     assert proc.returncode == 111, proc.stderr
-    assert "unable to read" in proc.stderr and proc.stdout == ""
+    assert "unable to read" in proc.stderr and proc.stdout.startswith("supervise-smtp report")
     proc = report("--help")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: supervise-smtp report")
     top = subprocess.run([*wrapper_argv(), "--help"], capture_output=True, text=True,
