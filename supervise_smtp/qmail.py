@@ -41,15 +41,22 @@ QQ_TEXTS: dict[bytes, tuple[str, tuple[int, ...]]] = {
 QP = b" qp "
 
 
-def qq_meaning(code: int, text: bytes) -> tuple[str | None, int | None]:
-    """(meaning, queue exit code when unambiguous) of the reply to end of data."""
+def qq_meaning(code: int, text: bytes) -> tuple[str | None, int | tuple[int, ...] | None]:
+    """(meaning, the queue exit code or codes it stands for) of the reply to end of data.
+
+    Several codes when qmail-smtpd gives one text for them (``qq internal
+    bug``: 81 or 91), logged comma-joined (``queue_exit=81,91``); None when
+    the text names no exit (a signal, a qmail-smtpd refusal, "any other").
+    """
     if 200 <= code < 300:
         return ("accepted", 0) if text.startswith(b"ok") and QP in text else ("accepted", None)
     known = QQ_TEXTS.get(text.strip())
     if known is None:
         return None, None
     meaning, codes = known
-    return meaning, codes[0] if len(codes) == 1 else None
+    if not codes:
+        return meaning, None
+    return meaning, codes[0] if len(codes) == 1 else codes
 
 
 def queue_pid(text: bytes) -> int | None:

@@ -211,11 +211,23 @@ def test_diagnose_verdict_names_are_stable():
 
 @pytest.mark.parametrize("text", sorted(QQ_TEXTS))
 def test_qmail_every_qq_text_has_a_meaning(text):
-    """Each qmail-smtpd end-of-data text maps to a meaning and, if unique, its exit code."""
+    """Each qmail-smtpd end-of-data text maps to a meaning and the exit code, or the
+    codes, it stands for (none only where the text names none)."""
     meaning, code = qq_meaning(554 if b"#5." in text else 451, text)
     assert meaning == QQ_TEXTS[text][0]
     codes = QQ_TEXTS[text][1]
-    assert code == (codes[0] if len(codes) == 1 else None)
+    assert code == (codes[0] if len(codes) == 1 else codes or None)
+
+
+def test_diagnose_queue_exit_says_every_exit_a_reply_stands_for():
+    """``451 qq internal bug`` (qmail-queue exit 81 or 91): queue_exit=81,91, not absent."""
+    from supervise_smtp.output import format_logfmt
+
+    verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY
+                            + [("S", b"451 qq internal bug (#4.3.0)\r\n")] + QUIT, exit_code=0)
+    assert verdict == "queue_temp_fail"
+    assert (fields["queue"], fields["queue_exit"]) == ("internal_bug", (81, 91))
+    assert b" queue_exit=81,91 " in format_logfmt({"event": "summary", **fields})
 
 
 def test_qmail_queue_pid_parsing():
