@@ -55,7 +55,7 @@ class Facts:
         "refusals", "scanner_died_pid", "queue_notes", "timeout_fired", "bytes_in",
         "bytes_out", "notes", "queue_watch_pid", "queue_outlived", "queue_reaped",
         "stopped_by", "reply_acked", "quit_heard", "helo_name", "mail_from_domain",
-        "stderr_unlogged",
+        "stderr_unlogged", "last_stderr",
     )
 
     state: Any  # the observer's SessionState; None when not observed
@@ -92,6 +92,7 @@ class Facts:
     helo_name: bytes | None  # the argument of the last EHLO/HELO
     mail_from_domain: bytes | None  # the domain of the last MAIL FROM (never its local part)
     stderr_unlogged: int  # child stderr lines past the first STDERR_EVENTS: counted only
+    last_stderr: bytes | None  # the last line on the child's stderr, cut (scanner.py)
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:
@@ -208,7 +209,11 @@ def _decide(f: Facts) -> tuple[str, str]:
     explained = (smtplf or timed_out or last_code == 421 or client_left or st.quit_sent
                  or bool(f.end_replies))
     if f.exit_code not in (0, None) and not explained:
-        return "server_crashed", f"exit {f.exit_code} with no reply explaining it"
+        reason = f"exit {f.exit_code} with no reply explaining it"
+        if f.last_stderr:  # softlimit's or the exec's own words: "unable to run ..."
+            said = f.last_stderr.decode("utf-8", "surrogateescape")
+            reason += f"; its stderr said: {said}"
+        return "server_crashed", reason[:240]
     if smtplf:
         msg = st.message
         count = rej.bare_lf_count if rej is not None else (msg.bare_lf_count if msg else 0)

@@ -69,6 +69,7 @@ class StderrWatch:
     # summary's stderr_unlogged: a child that floods its stderr must neither
     # flood the log nor hold the mail up formatting lines nobody will read.
     STDERR_EVENTS = 100
+    QUOTE_BYTES = 160  # of the last line, for a server_crashed reason
 
     def __init__(self, facts: object, emit: object, write_raw: object, child_pid: int,
                  passthrough: bool) -> None:
@@ -91,6 +92,7 @@ class StderrWatch:
                 self.PASS_BYTES if self.passthrough else self.TAG_BYTES, split=self.passthrough)
         facts = self.facts
         for line, total, truncated in self._splitter.feed(data):
+            facts.last_stderr = line[:self.QUOTE_BYTES]  # a crash's reason quotes it
             source = classify(line)
             if source == "qmail-scanner":
                 died = parent_died_pid(line)

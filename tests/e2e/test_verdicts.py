@@ -489,6 +489,22 @@ def test_verdict_server_crashed_softlimit(tcpserver, wrapper, tmp_path, need):
            stage="connect", commands=0, last_reply=ABSENT, queued=ABSENT, exit=code)
 
 
+def test_verdict_server_crashed_reason_quotes_the_childs_stderr(tcpserver, wrapper, tmp_path,
+                                                                 need):
+    """softlimit cannot run the program: exit 111, no reply, and the reason quotes the
+    child's last stderr line (softlimit's own words), not just 'no reply explaining it'."""
+    softlimit = need("softlimit")
+    missing = str(tmp_path / "no-such-qmail-smtpd")
+    server = tcpserver([*wrapper, "--", softlimit, "-m", "30000000", missing],
+                       env=double_env(tmp_path))
+    with server.connect() as client:
+        assert recv_until_eof(client) == b""
+    summary, status, _ = one_summary(server)
+    assert os.WEXITSTATUS(status) == 111, status
+    check_fields(summary, "exit 111 with no reply explaining it; its stderr said: softlimit: "
+                 f"fatal: unable to run {missing}", verdict="server_crashed", exit=111)
+
+
 # ---------------------------------------------------------------- wrapper_error
 
 
