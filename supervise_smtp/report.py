@@ -63,6 +63,10 @@ ABNORMAL = ("bare_lf", "server_crashed", "timeout", "tls_failed", "queue_perm_fa
             "queue_temp_fail", *(v for v in VERDICTS if v.startswith("client_lost_after_")),
             "rejected", "wrapper_error", "unknown")
 _ABNORMAL = frozenset(ABNORMAL)
+# The senders whose messages --bare-lf fix rewrote (notes=bare_lf_fixed on the
+# summary): delivered, yet exactly the partners to contact, next to bare_lf.
+BARE_LF_FIXED = "bare_lf_fixed"
+REMOTE_TABLES = (ABNORMAL[0], BARE_LF_FIXED, *ABNORMAL[1:])
 QUEUE_FAILURES = ("queue_temp_fail", "queue_perm_fail")
 _REPLY_CODE = re.compile(r"[2-5]\d\d")
 _TOP_CAPACITY = 500  # remotes tracked exactly per verdict before the sketch drops any
@@ -156,7 +160,7 @@ class Tally:
         self.reply_codes = Capped(64)
         self.refusal_codes = Capped(64)
         capacity = max(_TOP_CAPACITY, 50 * top)
-        self.remotes = {v: TopK(capacity) for v in ABNORMAL}
+        self.remotes = {v: TopK(capacity) for v in REMOTE_TABLES}
         self.queue_hours: dict[int | None, list[int]] = {}
         self.queue_meanings = Capped(64)
         self.tls = 0
@@ -238,13 +242,17 @@ class Tally:
         self.reply_codes.add(code if _REPLY_CODE.fullmatch(code) else "(none)")
         remote = get("remote") or "(none)"
         helo, domain = get("helo_name"), get("mail_from_domain")
-        if verdict in _ABNORMAL:
+        tables = [verdict] if verdict in _ABNORMAL else []
+        if BARE_LF_FIXED in (get("notes") or "").split(","):
+            tables.append(BARE_LF_FIXED)  # delivered, but only because we rewrote it
+        if tables:
             details = {}
             if helo:
                 details["helo_name"] = helo
             if domain:
                 details["mail_from_domain"] = domain
-            self.remotes[verdict].add(remote, when, details)
+            for table in tables:
+                self.remotes[table].add(remote, when, details)
         if verdict in QUEUE_FAILURES:
             hour = None if when is None else int(when // 3600)
             row = self.queue_hours.get(hour)
@@ -287,7 +295,7 @@ class Tally:
         """Every table, as plain data: what --json prints and the text is made of."""
         top = self.top
         remotes: dict[str, object] = {}
-        for verdict in ABNORMAL:
+        for verdict in REMOTE_TABLES:
             sketch = self.remotes[verdict]
             if not sketch.total:
                 continue

@@ -8,6 +8,8 @@ ends with ``...``.
 
 from __future__ import annotations
 
+from supervise_smtp.logstamp import KIND_TAI64N
+
 __all__ = ["WIDTH", "render"]
 
 WIDTH = 100
@@ -50,6 +52,12 @@ def _inline(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
 
 
+_REMOTES_WHY = {
+    "bare_lf": " -- the broken mailers to contact",
+    "bare_lf_fixed": " -- delivered only because --bare-lf fix rewrote them: contact them too",
+}
+
+
 def _remotes(out: list[str], top: dict[str, dict[str, object]]) -> None:
     if not top:
         return
@@ -60,7 +68,7 @@ def _remotes(out: list[str], top: dict[str, dict[str, object]]) -> None:
         assert isinstance(rows, list)
         note = "" if table["exact"] else ", counts approximate"
         out.append(f"{verdict}: {_n(table['connections'], 'connection')}{note}"
-                   + (" -- the broken mailers to contact" if verdict == "bare_lf" else ""))
+                   + _REMOTES_WHY.get(verdict, ""))
         out.append(f"{'count':>9}  {'remote':<{_REMOTE_WIDTH}}  {'first seen (UTC)':<19}  "
                    "last seen (UTC)")
         for row in rows:
@@ -132,7 +140,10 @@ def render(t: dict[str, object]) -> str:
     if inp["out_of_window"] or inp["filtered"]:
         out.append(f"               left out: {inp['out_of_window']} outside --since/--until, "
                    f"{inp['filtered']} by --remote/--verdict")
-    out.append(f"timestamps:    {_inline(inp['stamps'])} (tai64n read as {t['tai64n']})")
+    stamps = inp["stamps"]
+    assert isinstance(stamps, dict)
+    tai = f" (tai64n read as {t['tai64n']})" if stamps.get(KIND_TAI64N) else ""
+    out.append(f"timestamps:    {_inline(stamps)}{tai}")
     for error in inp["read_errors"]:
         out.append(f"read error:    {error}")
     for note in inp["notes"]:
@@ -162,7 +173,9 @@ def render(t: dict[str, object]) -> str:
         _heading(out, "Children")
         out.append(f"qmail-smtpd killed by signals: {_inline(child['signals'])}"
                    f" ({child['cores']} dumped core)")
-        out.append(f"qmail-smtpd exit codes other than 0: {_inline(child['exits'])}")
+        exits = ", ".join(f"exit {code}: {_n(n, 'connection')}"
+                          for code, n in child["exits"].items()) or "none"
+        out.append(f"qmail-smtpd exit codes other than 0: {exits}")
         out.append(f"qmail-scanner parent deaths: {child['parent_died']}"
                    + (f" ({_inline(child['parent_died_by_verdict'])})"
                       if child["parent_died"] else ""))

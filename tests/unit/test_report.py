@@ -281,6 +281,8 @@ def test_report_text_fits_100_columns_and_says_it_all(paris):
         assert heading in text, heading
     assert "2026-11-29 12:00        2        0" in text
     assert "qmail-scanner parent deaths: 1 (bare_lf 1)" in text
+    # exit 1, four times: said so, not "1 4" (which reads as two codes)
+    assert "qmail-smtpd exit codes other than 0: exit 1: 4 connections" in text
 
 
 def test_report_top_remotes_bounded_for_many_distinct_remotes():
@@ -391,3 +393,32 @@ def test_report_reply_not_known_delivered_is_a_duplicate_risk():
     dup = t.tables()["duplicate_risk"]
     assert (dup["queued_yes_reply_not_delivered"], dup["queued_unknown"]) == (2, 0)
     assert [r["pid"] for r in dup["recent"]] == ["200", "201"]
+
+
+def test_report_lists_the_senders_whose_mail_bare_lf_fix_rewrote():
+    """notes=bare_lf_fixed: delivered (verdict ok), yet a partner to contact, with its
+    HELO and sender domain, listed next to bare_lf."""
+    t = Tally(None, "daemontools")
+    t.feed([_line(_summary("192.0.2.50", 300 + i, "ok", notes="bare_lf_fixed",
+                           helo_name="mx.partner.example", mail_from_domain="partner.example"))
+            for i in range(3)] + [_line(_summary("192.0.2.51", 400, "ok"))])
+    tables = t.tables()
+    fixed = tables["top_remotes"]["bare_lf_fixed"]
+    assert fixed["connections"] == 3
+    [row] = fixed["top"]
+    assert (row["remote"], row["count"], row["helo_name"], row["mail_from_domain"]) == (
+        "192.0.2.50", 3, "mx.partner.example", "partner.example")
+    text = render(tables)
+    assert "bare_lf_fixed: 3 connections -- delivered only because --bare-lf fix" in text
+    assert "helo mx.partner.example, mail from @partner.example" in text
+
+
+def test_report_header_names_the_tai64n_scale_only_for_tai64n_stamps():
+    """An svlogd -tt log has no TAI64N label: the header does not say how one was read."""
+    svlogd = Tally(None, "daemontools")
+    svlogd.feed(log("svlogd-tt"))
+    text = render(svlogd.tables())
+    assert "timestamps:" in text and "tai64n read as" not in text
+    multilog = Tally(None, "daemontools")
+    multilog.feed(log("multilog"))
+    assert "(tai64n read as daemontools)" in render(multilog.tables())
