@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
             _say(1, f"supervise-smtp {__version__}\n")
         os._exit(0)
     except UsageError as err:
-        _say(2, f"supervise-smtp: fatal: {err} ({USAGE})\n")
+        hint = ""
+        if not [a for a in args if a != "--"]:  # nothing at all: say what there is
+            hint = f"; or supervise-smtp {'|'.join(SUBCOMMANDS)} ...; see --help"
+        _say(2, f"supervise-smtp: fatal: {err} ({USAGE}{hint})\n")
         os._exit(EXIT_USAGE)
 
     if bad_fds is not None:  # fd 0 or 1 closed (no client), or no /dev/null for fd 2

@@ -50,7 +50,10 @@ def test_cli_usage_error_exits_100(args, message):
     run = _run(args)
     assert run.returncode == 100
     assert run.stdout == b""
-    assert run.stderr.decode() == f"supervise-smtp: fatal: {message} ({USAGE})\n"
+    hint = ""
+    if args in ([], ["--"]):  # nothing to run: the subcommands and --help are named
+        hint = "; or supervise-smtp wrap-run|check-service|serve|report|collect ...; see --help"
+    assert run.stderr.decode() == f"supervise-smtp: fatal: {message} ({USAGE}{hint})\n"
 
 
 MISSING = "/nonexistent/supervise-smtp-prog"
