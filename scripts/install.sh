@@ -15,6 +15,8 @@
 #                                    copy of the package, byte-compiled, o+rX)
 #   PREFIX/current -> releases/...   the release in use, swapped atomically
 #   PREFIX/.supervise-smtp           marker: this prefix belongs to install.sh
+#   PREFIX/.made-dirs                the directories made for the links (removed
+#                                    by --uninstall when empty)
 #   BINDIR/supervise-smtp     -> PREFIX/current/bin/supervise-smtp
 #   MANDIR/man8/supervise-smtp.8 -> PREFIX/current/share/man/man8/...
 #   docs: PREFIX/current/share/doc/supervise-smtp/*.md (verdicts.md, ...)
@@ -158,8 +160,13 @@ if [ -n "$uninstall" ]; then
       say "left $l alone: not a link into $prefix"
     fi
   done
+  if [ -f "$prefix/.made-dirs" ]; then  # what relink made for the links, deepest first
+    while IFS= read -r d; do
+      [ ! -d "$d" ] || rmdir "$d" 2>/dev/null || say "left $d: not empty"
+    done <"$prefix/.made-dirs"
+  fi
   rm -rf "$prefix/current" "$prefix/releases" "$prefix"/.current.*
-  rm -f "$marker" "$prefix/.lock"
+  rm -f "$marker" "$prefix/.lock" "$prefix/.made-dirs"
   rmdir "$prefix" 2>/dev/null || say "left $prefix: it holds files install.sh did not make"
   say "uninstalled from $prefix"
   exit 0
@@ -312,11 +319,18 @@ grep -q '^event=summary .*verdict=' "$work/smoke" || die "the new release wrote 
 
 # --- swap it in ------------------------------------------------------------------
 
-# relink TARGET LINK: LINK points at TARGET, replaced in one rename(2).
+# relink TARGET LINK: LINK points at TARGET, replaced in one rename(2).  The
+# directories made for LINK on the way (MANDIR/man8...) are listed in
+# PREFIX/.made-dirs, deepest first, for --uninstall to remove when empty.
 relink() {
   if [ -L "$2" ] && [ "$(readlink "$2")" = "$1" ]; then
     return 0
   fi
+  d=$(dirname "$2")
+  while [ ! -d "$d" ]; do
+    printf '%s\n' "$d" >>"$prefix/.made-dirs"
+    d=$(dirname "$d")
+  done
   mkdir -p "$(dirname "$2")"
   rm -f "$2.install-tmp"
   ln -s "$1" "$2.install-tmp"

@@ -44,6 +44,7 @@ from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.serve_log import ParentLog
 from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
 from supervise_smtp.serve_stats import DENY_STATUS, ServeStats
+from supervise_smtp.serve_title import set_title
 from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
 from supervise_smtp.tcpenv import listen_address, peer_of
 
@@ -194,7 +195,8 @@ def _preload(cfg: ServeConfig) -> None:
              "supervise_smtp.diagnose", "supervise_smtp.output", "supervise_smtp.scanner",
              "supervise_smtp.lines", "supervise_smtp.procfs", "supervise_smtp.tcpenv",
              "ipaddress", "resource",
-             "fcntl"]  # relay.client_acked, at a session's end (the TCP send queue)
+             "fcntl",  # relay.client_acked, at a session's end (the TCP send queue)
+             "setproctitle"]  # each worker's title (serve_title), set after -u/-g
     if opts.capture:
         names.append("supervise_smtp.capture")
     if opts.alert_exec:
@@ -305,6 +307,7 @@ class Server:
                            error="RLIMIT_NOFILE hard limit too low for -c: -c capped")
         self.log.status("listen", pid=os.getpid(), local=local[0], local_port=local[1],
                         limit=self.limit, backlog=cfg.backlog, prog=cfg.prog[0])
+        set_title("parent", f"{local[0]} {local[1]} -c {self.limit}")
         trouble = self.stats.start()  # psutil's import, once listening, before the freeze
         if trouble:
             self.log.error("serve_error", where="stats", error=trouble)
@@ -647,6 +650,7 @@ class Server:
                 if other.ctl is not None:
                     other.ctl.close()
             serve_fds.restore()  # the session's child gets tcpserver's limit
+            set_title("worker", f"of {os.getppid()}")
             code = serve_loop(self.cfg, self.log, self.env, ctl, self.cfg.worker_sessions)
         except BaseException as exc:  # a bug of ours: never back into the parent's loop
             say(f"supervise-smtp serve: fatal: worker failed: {exc!r}"[:1000] + "\n")

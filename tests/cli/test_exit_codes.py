@@ -370,6 +370,7 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
                  "supervise_smtp.safedir", "supervise_smtp.serve_fds",
                  "json", "re", "subprocess", "argparse", "psutil",
                  "supervise_smtp.rules", "cdblib", "daemon", "prometheus_client",
+                 "setproctitle", "supervise_smtp.serve_title",
                  "supervise_smtp.serve", "supervise_smtp.serve_stats",
                  "supervise_smtp.metrics", "supervise_smtp.metrics_record",
                  "supervise_smtp.metrics_http", "supervise_smtp.collect",

@@ -161,6 +161,7 @@ def installed(public: Path) -> Iterator[Installed]:
     assert not where.prefix.exists(), said
     assert sorted(p.name for p in where.bindir.iterdir()) == ["other-tool"], said
     assert not where.man_page.exists() and not where.man_page.is_symlink(), said
+    assert not where.mandir.exists(), said  # man/man8, made for the link: gone with it
     assert "nothing installed" in install_sh(INSTALL, "--uninstall", *where.args())
 
 

@@ -748,3 +748,29 @@ def test_serve_idle_workers_beyond_spare_end_after_a_while(serve, public_dir):
     while len(idle()) > 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(idle()) == 1 and int(idle()[0]) in burst
+
+
+def test_serve_parent_and_workers_tell_apart_in_ps_and_top(serve, public_dir):
+    """ps (the command line) and top (the thread name) show the parent and each worker
+    for what they are, and the command line still starts with the interpreter's path."""
+    prog = script(public_dir, "hello", "echo '220 hi'\n")
+    server = serve(["-HR", "-l0"], [prog])
+    deadline = time.monotonic() + 15
+    while not (workers := [int(c) for c in Path(f"/proc/{server.pid}/task/{server.pid}"
+                                                 "/children").read_text().split()]):
+        assert time.monotonic() < deadline, "no spare worker"
+        time.sleep(0.02)
+
+    def seen(pid: int) -> tuple[str, str]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return cmdline.strip(), Path(f"/proc/{pid}/comm").read_text().strip()
+
+    assert server.talk() == b"220 hi\n"
+    parent_cmd, parent_comm = seen(server.pid)
+    assert parent_comm == "ssmtp-parent"
+    assert f" supervise-smtp serve: parent 127.0.0.1 {server.port} -c 40" in parent_cmd
+    assert parent_cmd.startswith(sys.executable.rsplit("/", 1)[0])
+    for worker in workers:
+        cmd, comm = seen(worker)
+        assert comm == "ssmtp-worker", comm
+        assert cmd.endswith(f" supervise-smtp serve: worker of {server.pid}"), cmd
