@@ -107,10 +107,17 @@ def check_programs(commands: list[Command], values: dict[str, Setting], label: s
                 if name not in _PACKAGES or value in seen:
                     continue
                 seen.add(value)
-                if which(value, search) is None:
-                    out.append(Finding("error", f"{label}: {value} is not installed (not "
-                                                f"found on {search})",
-                                       f"apt-get install {_PACKAGES[name]}"))
+                if which(value, search) is not None:
+                    continue
+                elsewhere = shutil.which(name, path=search) if "/" in value else None
+                if elsewhere is not None:  # a Life-with-qmail /usr/local/bin path
+                    out.append(Finding("error", f"{label}: {value} does not exist; {name} "
+                                                f"is installed as {elsewhere}",
+                                       f"change {value} to {elsewhere} in the script"))
+                    continue
+                out.append(Finding("error", f"{label}: {value} is not installed (not "
+                                            f"found on {search})",
+                                   f"apt-get install {_PACKAGES[name]}"))
     return out
 
 

@@ -551,6 +551,25 @@ def test_checkservice_errors(parts, monkeypatch, run, message):
     assert checkservice.main([str(svc)]) == 1
 
 
+@pytest.mark.parametrize("program", ["tcpserver", "softlimit"])
+def test_checkservice_program_at_another_path_says_where_it_is(parts, program):
+    """Life with qmail's /usr/local/bin/tcpserver where Debian's is /usr/bin/tcpserver:
+    the finding says where the program is and to change the path, not to install it."""
+    local = f"/usr/local/bin/{program}"
+    assert not os.path.exists(local), f"{local} exists on this host"
+    installed = shutil.which(program, path=checkservice.SUPERVISOR_PATH)
+    assert installed is not None, program
+    run = GOOD_RUN.replace(f"exec {program}" if program == "tcpserver" else f"-- {program}",
+                           f"exec {local}" if program == "tcpserver" else f"-- {local}")
+    svc = _service(parts.root, run.format(wrapper=parts.wrapper, smtpd=parts.smtpd,
+                                          cdb=parts.cdb, port=parts.port))
+    errors = _levels(svc)["error"]
+    line = _one(errors, rf"{local} does not exist")
+    assert line == (f"run: {local} does not exist; {program} is installed as {installed}; "
+                    f"fix: change {local} to {installed} in the script"), errors
+    assert not any("apt-get install" in e for e in errors), errors
+
+
 def test_checkservice_run_not_executable(parts):
     """A run script without the x bit is an error."""
     svc = _service(parts.root, parts.good_run(), mode=0o644)
