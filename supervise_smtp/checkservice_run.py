@@ -354,13 +354,20 @@ def _check_wrapper_options(run: _Run) -> list[Finding]:
             if None in rest[:end]:
                 return []
             who = "supervise-smtp"
-            parse([v if v is not None else "prog" for v in rest])
+            problems: list[str] = []  # every one, not just the first the wrapper stops at
+            parse([v if v is not None else "prog" for v in rest], problems)
+            return [_refused(run, who, problem) for problem in problems]
     except UsageError as err:
-        return [Finding("error", f"run: line {line.line}: {who} refuses its options: {err} "
-                                 "(exit 100: no mail)",
-                        f"correct them ({where_to_set(run.directory, 'SUPERVISE_SMTP_OPTS')} "
-                        "for the wrapper's options)")]
+        return [_refused(run, who, str(err))]
     return []
+
+
+def _refused(run: _Run, who: str, problem: str) -> Finding:
+    line = run.line
+    return Finding("error", f"run: line {line.line}: {who} refuses its options: {problem} "
+                            "(exit 100: no mail)",
+                   f"correct them ({where_to_set(run.directory, 'SUPERVISE_SMTP_OPTS')} "
+                   "for the wrapper's options)")
 
 
 def _check_smtpd(run: _Run) -> list[Finding]:

@@ -274,7 +274,7 @@ class Options:
         return f"Options({fields})"
 
 
-def parse(args: list[str]) -> tuple[Options, list[str]]:
+def parse(args: list[str], problems: list[str] | None = None) -> tuple[Options, list[str]]:
     """argv -> (Options, prog argv).
 
     Options come first, ``--name value`` or ``--name=value``; the last of a
@@ -282,10 +282,18 @@ def parse(args: list[str]) -> tuple[Options, list[str]]:
     not starting with ``-`` (prog).  Raises UsageError for an unknown option,
     a bad value, a missing companion (``needs``) or a missing prog, and
     InfoRequested for -h/--help or -V/--version (checked where they stand:
-    an error before them wins).
+    an error before them wins).  With ``problems`` (check-service, which
+    reports them all), each usage error is appended there and the parse
+    goes on past it instead.
     """
     options = Options()
     given: set[str] = set()
+
+    def refuse(message: str) -> None:
+        if problems is None:
+            raise UsageError(message)
+        problems.append(message)
+
     i = 0
     while i < len(args):
         arg = args[i]
@@ -294,6 +302,7 @@ def parse(args: list[str]) -> tuple[Options, list[str]]:
             break
         if not arg.startswith("-") or arg == "-":
             break
+        i += 1
         row = _BY_NAME.get(arg)
         if row is not None and not row[1]:  # a flag, or -h/-V
             if not row[2]:
@@ -303,24 +312,29 @@ def parse(args: list[str]) -> tuple[Options, list[str]]:
             name, eq, text = arg.partition("=")
             row = _BY_NAME.get(name)
             if row is None or row[4] is None:
-                raise UsageError(f"unknown option {arg}")
+                refuse(f"unknown option {arg}")
+                continue
             if not eq:
-                i += 1
                 if i >= len(args):
-                    raise UsageError(f"option {name} needs a value")
+                    refuse(f"option {name} needs a value")
+                    continue
                 text = args[i]
-            value = row[4](name, text, row[1])
+                i += 1
+            try:
+                value = row[4](name, text, row[1])
+            except UsageError as err:
+                refuse(str(err))
+                continue
         setattr(options, row[2], value)
         given.add(row[0])
-        i += 1
     prog = args[i:]
     if not prog:
-        raise UsageError("missing prog")
+        refuse("missing prog")
     for row in OPTIONS:  # the companions an option needs, in table order
         if row[0] in given:
             for needed in row[5]:
                 if needed not in given:
-                    raise UsageError(f"{row[0]} needs {needed}")
+                    refuse(f"{row[0]} needs {needed}")
     return options, prog
 
 

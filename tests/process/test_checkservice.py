@@ -309,6 +309,15 @@ def test_checkservice_wrapper_options_refused(shipped, accounts, serve):
     assert f"set SUPERVISE_SMTP_OPTS in {svc}/conf" in line
 
 
+def test_checkservice_every_refused_wrapper_option_is_reported(shipped, accounts):
+    """Three bad options in SUPERVISE_SMTP_OPTS: three findings, not just the first."""
+    svc = shipped("runit", SUPERVISE_SMTP_OPTS='"--format xml --bogus --linger -1"')
+    refused = [e for e in _levels(svc)["error"] if "refuses its options" in e]
+    assert [re.sub(r".*refuses its options: (.*) \(exit 100.*", r"\1", e) for e in refused] == [
+        "bad value for --format: xml (one of logfmt|json)", "unknown option --bogus",
+        "bad value for --linger: -1"]
+
+
 # --------------------------------------------------------------- qmail-smtpd
 
 
