@@ -458,9 +458,12 @@ def _check_concurrency(run: _Run) -> list[Finding]:
     source = f" ({named[0]} from {named[1].origin})" if named else ""
     effect = ("tcpserver reads it as 0 and accepts no connection"
               if run.line.mode == "tcpserver" else "serve refuses it: exit 100")
+    # The fallback of the shipped scripts, named only where the script has it.
+    shipped = "concurrencyincoming" in (read(run.path) or "")
+    default = (" (MAXSMTPD unset: control/concurrencyincoming, else 20)" if shipped
+               else ", the most connections at once")
     return [Finding("error", f"run: -c {arg.value!r}{source}: {effect}",
-                    f"{run.fix_for(arg, '-c')} to a number (MAXSMTPD unset: "
-                    "control/concurrencyincoming, else 20)")]
+                    f"{run.fix_for(arg, '-c')} to a number{default}")]
 
 
 def _check_rules(run: _Run) -> list[Finding]:

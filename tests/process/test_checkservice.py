@@ -430,6 +430,20 @@ def test_checkservice_concurrency_not_a_number(shipped, accounts, value):
     assert "tcpserver reads it as 0 and accepts no connection" in line
 
 
+def test_checkservice_concurrency_fix_quotes_a_default_only_the_script_has(shipped, accounts,
+                                                                            parts):
+    """The shipped run's fallback (control/concurrencyincoming, else 20) is quoted for the
+    shipped run, never for a script of one's own that has none."""
+    line = _one(_levels(shipped("runit", MAXSMTPD="abc"))["error"], r"^run: -c 'abc'")
+    assert "(MAXSMTPD unset: control/concurrencyincoming, else 20)" in line
+    own = GOOD_RUN.replace("-l 0", "-l 0 -c abc")
+    svc = _service(parts.root, own.format(wrapper=parts.wrapper, smtpd=parts.smtpd,
+                                          cdb=parts.cdb, port=parts.port))
+    line = _one(_levels(svc)["error"], r"^run: -c 'abc'")
+    assert "concurrencyincoming" not in line and "MAXSMTPD" not in line, line
+    assert line.endswith("to a number, the most connections at once"), line
+
+
 def test_checkservice_serve_setting_unknown(shipped, accounts):
     """SERVE=yes: the shipped run script exits 100."""
     line = _one(_levels(shipped("runit", SERVE="yes"))["error"], r"^run: SERVE=yes")
