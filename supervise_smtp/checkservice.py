@@ -12,10 +12,13 @@ host is asked what that command would meet (service_host): the accounts,
 the files as qmail-smtpd's uid and gid see them, the rules cdb, the log
 directory as the log user sees it, the port.
 
-Nothing is executed except ``sh -n`` (parse only); nothing is written.  The
+Nothing is executed except ``sh -n`` (parse only) and, as root, the child's
+part of the command line once as its -u/-g user (checkservice_child: does
+qmail-smtpd print its banner under its limits?); nothing is written.  The
 port is tested with a bind that never listens (see service_host).  The
-checks are in checkservice_run (``run``) and checkservice_log
-(``log/run``); this module holds what they share and the command line.
+checks are in checkservice_run (``run``, with checkservice_child) and
+checkservice_log (``log/run``); this module holds what they share and the
+command line.
 
 Exit codes: 0 no error (warnings allowed), 1 at least one error, 100 usage.
 """

@@ -97,6 +97,7 @@ def _check_log_dirs(log_dir: str, commands: list[Command], values: dict[str, Set
         elif switch == "s6-setuidgid":
             gids = os.getgrouplist(user, entry.pw_gid)
         out.append(Finding("ok", f"log/run: {logger} runs as {user} (uid {uid})"))
+    out += _check_textfile(args, k, uid, gids, user or "root")
     made = {v for cmd in commands if cmd.args and cmd.args[0].literal == "mkdir"
             for w in cmd.args[1:] for v in (expand_word(w, values) or [])}
     rest = [a.value or "" for a in args[k + 1:]]
@@ -172,6 +173,31 @@ def check_log(directory: str) -> list[Finding]:
             return out + _check_log_dirs(log_dir, commands, values, args, k)
     return out + [Finding("warning", "log/run: no multilog, svlogd or s6-log found",
                           "log with multilog t, svlogd -tt or s6-log t")]
+
+
+def _check_textfile(args: list[Arg], k: int, uid: int, gids: list[int],
+                    who: str) -> list[Finding]:
+    """``supervise-smtp collect --textfile F`` before the logger: F's directory must be
+    writable by the log user (collect writes a temporary file there, then renames it)."""
+    words = [a.value or "" for a in args[:k]]
+    if "collect" not in words:
+        return []
+    path = None
+    for i, word in enumerate(words):
+        if word == "--textfile" and i + 1 < len(words):
+            path = words[i + 1]
+        elif word.startswith("--textfile="):
+            path = word.partition("=")[2]
+    if not path:
+        return []
+    directory = os.path.dirname(os.path.abspath(path))
+    why = host.denied(directory, uid, gids, "wx")
+    if why is None:
+        return [Finding("ok", f"log/run: collect's --textfile directory {directory} is "
+                              f"writable by {who}")]
+    return [Finding("error", f"log/run: collect runs as {who} and cannot write its "
+                             f"--textfile in {directory}: {why}: the counters are never "
+                             "written", f"mkdir -p {directory} && chown {who} {directory}")]
 
 
 def _or_unknown(values: list[str] | None) -> list[str | None]:

@@ -30,6 +30,7 @@ from supervise_smtp.checkservice import (
     shell_check,
     which,
 )
+from supervise_smtp.checkservice_child import check_child
 from supervise_smtp.errors import UsageError
 from supervise_smtp.service_line import Arg, NoServerLine, ServerLine, server_line
 from supervise_smtp.service_settings import (
@@ -122,6 +123,7 @@ def check_run(directory: str) -> list[Finding]:
     out += _check_wrapper(run)
     out += _check_wrapper_options(run)
     out += _check_smtpd(run)
+    out += check_child(run)
     out += _check_limits(run)
     out += _check_concurrency(run)
     out += _check_rules(run)

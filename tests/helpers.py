@@ -624,7 +624,9 @@ class Service:
                 parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if b"serve" in argv and b"serve" not in parent:
+            titled = b" supervise-smtp serve: parent " in argv[0]  # serve_title, once up
+            if titled or b"serve" in argv and b"serve" not in parent \
+                    and b" serve: " not in b" ".join(parent):
                 found.append(pid)
         return found
 

@@ -119,6 +119,6 @@ def test_checkservice_passes_on_the_running_service(runit_service, wrapper, serv
     assert re.search(rf"^ok: run: 127\.0\.0\.1 port {port} is held by this service's own "
                      rf"\S+ \(pid {pid}\)$", run.stdout, re.M), run.stdout
     with open(f"/proc/{pid}/cmdline", "rb") as fh:
-        argv = fh.read().split(b"\0")
-    assert (b"serve" in argv) == bool(serve), argv
+        cmdline = fh.read()
+    assert (b" supervise-smtp serve: parent " in cmdline) == bool(serve), cmdline
     assert "warning: run: qmail-smtpd runs as uid 0" in run.stdout  # uid 0 here, said so

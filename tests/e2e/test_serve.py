@@ -774,3 +774,7 @@ def test_serve_parent_and_workers_tell_apart_in_ps_and_top(serve, public_dir):
         cmd, comm = seen(worker)
         assert comm == "ssmtp-worker", comm
         assert cmd.endswith(f" supervise-smtp serve: worker of {server.pid}"), cmd
+    for pid in (server.pid, *workers):  # the environment an operator reads is untouched
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"PATH={os.environ['PATH']}".encode() in environ
+        assert not any(v.startswith(b"SPT_NOENV=") for v in environ)

@@ -1,9 +1,10 @@
 """check-service: each setting that stops mail is a finding with its fix.
 
 The service dirs are the shipped ones (or a small run script) in a
-directory every uid can traverse, with settings pointing at stand-ins that
-check-service reads but never runs (a wrapper and a qmail-smtpd that are
-two-line sh scripts), a rules cdb written by the real ``tcprules``, and a
+directory every uid can traverse, with settings pointing at stand-ins (a
+wrapper check-service reads but never runs, and a qmail-smtpd it starts once
+as root, as its user, to see its banner: two-line sh scripts), a rules cdb
+written by the real ``tcprules``, and a
 free port.  qmail's own accounts (``qmaild`` and ``qmaill`` in the
 ``nofiles`` group) are created when missing, as on a qmail host, and left
 in place (CI runs as root in a throwaway machine; other tests create them
@@ -96,7 +97,8 @@ class Parts:
         self.root = root
         self.wrapper = _script(root / "bin" / "supervise-smtp",
                                "#!/bin/sh\nexec " + " ".join(wrapper) + ' "$@"\n')
-        self.smtpd = _script(root / "bin" / "qmail-smtpd", "#!/bin/sh\nexit 0\n")
+        self.smtpd = _script(root / "bin" / "qmail-smtpd",  # started once, as root
+                             "#!/bin/sh\necho '220 stand-in ESMTP'\n")
         self.rules = root / "tcp.smtp"
         self.rules.write_text(RULES)
         self.cdb = root / "tcp.smtp.cdb"
@@ -675,3 +677,84 @@ def test_checkservice_cli_exit_codes(wrapper, parts):
     run = subprocess.run([*wrapper, "check-service", str(good)], capture_output=True,
                          timeout=30)
     assert run.returncode == 1 and b"\nerror: " in b"\n" + run.stdout
+
+
+# --------------------------------------------- what qmail-smtpd meets as its user
+
+
+@pytest.mark.parametrize("mode", [None, 0o700], ids=["missing", "root-only"])
+def test_checkservice_qmailqueue_qmail_smtpd_cannot_run(shipped, accounts, parts, mode):
+    """QMAILQUEUE naming a program that is not there, or that qmaild may not run: every
+    message would get 451; an error, with where QMAILQUEUE is set."""
+    queue = parts.root / "bin" / "qmail-scanner-queue"
+    if mode is not None:
+        _script(queue, "#!/bin/sh\nexit 0\n", mode)
+    svc = shipped("daemontools", QMAILQUEUE=str(queue))
+    line = _one(_levels(svc)["error"], r"^run: QMAILQUEUE=")
+    why = (f"{queue}: No such file or directory" if mode is None else
+           f"{queue} is not executable by uid {accounts['qmaild'].pw_uid}")
+    assert why in line and "451 unable to exec qq" in line, line
+    assert f"fix: install the queue program, or set QMAILQUEUE in {svc}/env/QMAILQUEUE" in line
+    queue.unlink(missing_ok=True)
+    _script(queue, "#!/bin/sh\nexit 0\n")
+    _one(_levels(svc)["ok"], rf"^run: QMAILQUEUE {queue} can be run by qmail-smtpd$")
+
+
+@pytest.mark.parametrize("name", ["me", "rcpthosts"])
+def test_checkservice_control_file_unreadable_by_qmaild(shipped, accounts, parts, name):
+    """control/me or control/rcpthosts under the qmail home of that qmail-smtpd (HOME/bin/
+    qmail-smtpd) that qmaild cannot read: 421 to every client."""
+    control = parts.root / "control"
+    control.mkdir(exist_ok=True)
+    for each in ("me", "rcpthosts"):
+        (control / each).write_text("mx.example\n")
+        (control / each).chmod(0o644)
+    (control / name).chmod(0o600)
+    line = _one(_levels(shipped("runit"))["error"], rf"control/{name} is not readable")
+    assert "421 unable to read controls" in line and f"fix: chmod 644 {control / name}" in line
+
+
+def test_checkservice_child_started_as_its_user_must_print_a_banner(shipped, accounts):
+    """softlimit -m 2000000 placed right, yet nothing can map libc under it: check-service
+    (root) starts the child's part as qmaild and reports the missing 220."""
+    found = _levels(shipped("daemontools"))
+    _one(found["ok"], r"^run: softlimit -m 24000000 \S+/qmail-smtpd, started as uid \d+, "
+                      r"prints its banner \(220 stand-in ESMTP\)$")
+    line = _one(_levels(shipped("runit", SOFTLIMIT="2000000"))["error"], r"printed no 220")
+    assert line.startswith("run: softlimit -m 2000000 ") and "SOFTLIMIT" in line, line
+
+
+def test_checkservice_child_start_skipped_and_said_when_not_root(shipped, accounts,
+                                                                   monkeypatch):
+    """Not root: the child cannot be started as qmaild, and the finding says so."""
+    from supervise_smtp import checkservice_child
+
+    svc = shipped("runit", SOFTLIMIT="2000000")
+    monkeypatch.setattr(checkservice_child.os, "geteuid", lambda: 1000)
+    found = _levels(svc)
+    line = _one(found["warning"], r"was not started as uid")
+    assert "check-service is not root" in line
+    assert not any("printed no 220" in e for e in found["error"])
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_checkservice_collect_textfile_dir_not_writable_by_the_log_user(suite, shipped,
+                                                                        accounts, parts):
+    """The shipped log/run's collect line, uncommented, with its root-owned textfile
+    directory: qmaill cannot write the counters there, an error; made qmaill's, ok."""
+    svc = shipped(suite)
+    prom = parts.root / "node-exporter"
+    prom.mkdir(mode=0o755)
+    log_run = svc / "log" / "run"
+    text = log_run.read_text()
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("#exec "))
+    end = next(i for i in range(start, len(lines)) if not lines[i].rstrip().endswith("\\"))
+    collect = "".join(line[1:] for line in lines[start:end + 1])  # uncommented
+    collect = collect.replace("/var/lib/prometheus/node-exporter", str(prom))
+    collect = collect.replace("/usr/local/bin/supervise-smtp", str(parts.wrapper))
+    log_run.write_text("".join(lines[:start]) + collect)
+    line = _one(_levels(svc)["error"], r"^log/run: collect runs as qmaill and cannot write")
+    assert f"--textfile in {prom}" in line and f"fix: mkdir -p {prom} && chown qmaill" in line
+    os.chown(prom, accounts["qmaill"].pw_uid, -1)
+    _one(_levels(svc)["ok"], rf"^log/run: collect's --textfile directory {prom} is writable")
