@@ -125,7 +125,8 @@ def check_programs(commands: list[Command], values: dict[str, Setting], label: s
 
 
 def check(directory: str) -> list[Finding]:
-    """All findings for a service directory; read-only."""
+    """All findings for a service directory; nothing written (as root, the child is
+    started once as its user: checkservice_child)."""
     from supervise_smtp.checkservice_log import check_log
     from supervise_smtp.checkservice_run import check_run
 
@@ -137,7 +138,8 @@ def main(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(f"{USAGE}\n\nWhat in a qmail-smtpd service directory would stop "
                          "mail (run, its settings,\nthe accounts, files, rules, port, "
-                         "log/run); read-only.\nOne line per finding: ok:, warning:, "
+                         "log/run); writes nothing (as root, starts the child\nonce as its -u user to see "
+                         "its banner).\nOne line per finding: ok:, warning:, "
                          "error:, each problem with its fix.\n"
                          "exit: 0 no error, 1 errors found, 100 usage.\n")
         return 0
