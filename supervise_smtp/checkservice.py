@@ -138,8 +138,8 @@ def main(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(f"{USAGE}\n\nWhat in a qmail-smtpd service directory would stop "
                          "mail (run, its settings,\nthe accounts, files, rules, port, "
-                         "log/run); writes nothing (as root, starts the child\nonce as its -u user to see "
-                         "its banner).\nOne line per finding: ok:, warning:, "
+                         "log/run); writes nothing (as root, it starts\nthe child once as "
+                         "its -u user to see its banner).\nOne line per finding: ok:, warning:, "
                          "error:, each problem with its fix.\n"
                          "exit: 0 no error, 1 errors found, 100 usage.\n")
         return 0
