@@ -282,10 +282,11 @@ def test_verdict_queue_perm_fail(tcpserver, wrapper, tmp_path):
            last_reply=BYE, exit=0)
 
 
-# exit code (or "KILL": killed by a signal) -> reply text, meaning, exit code on the summary
-QQ_CASES: dict[str, tuple[str, str | None, int | None]] = {
+# exit code (or "KILL": killed by a signal) -> reply text, meaning, exit code(s) on the
+# summary: every exit a shared reply stands for; absent where the reply names none
+QQ_CASES: dict[str, tuple[str, str | None, int | str | None]] = {
     "0": ("", None, 0),
-    "11": ("554 envelope address too long for qq (#5.1.3)", "envelope_too_long", None),
+    "11": ("554 envelope address too long for qq (#5.1.3)", "envelope_too_long", "11,115"),
     "31": ("554 mail server permanently rejected message (#5.3.0)", "perm_rejected", 31),
     "51": ("451 qq out of memory (#4.3.0)", "out_of_memory", 51),
     "52": ("451 qq timeout (#4.3.0)", "qq_timeout", 52),
@@ -294,14 +295,14 @@ QQ_CASES: dict[str, tuple[str, str | None, int | None]] = {
     "55": ("451 qq unable to read configuration (#4.3.0)", "config", 55),
     "56": ("451 qq trouble making network connection (#4.3.0)", "network", 56),
     "61": ("451 qq trouble in home directory (#4.3.0)", "home_directory", 61),
-    **{str(c): ("451 qq trouble creating files in queue (#4.3.0)", "queue_files", None)
-       for c in range(62, 67)},
+    **{str(c): ("451 qq trouble creating files in queue (#4.3.0)", "queue_files",
+                "62,63,64,65,66") for c in range(62, 67)},
     "71": ("451 mail server temporarily rejected message (#4.3.0)", "temp_rejected", 71),
     "72": ("451 connection to mail server timed out (#4.4.1)", "remote_timeout", 72),
     "73": ("451 connection to mail server rejected (#4.4.1)", "remote_rejected", 73),
     "74": ("451 communication with mail server failed (#4.4.2)", "remote_failed", 74),
-    "81": ("451 qq internal bug (#4.3.0)", "internal_bug", None),
-    "91": ("451 qq internal bug (#4.3.0)", "internal_bug", None),
+    "81": ("451 qq internal bug (#4.3.0)", "internal_bug", "81,91"),
+    "91": ("451 qq internal bug (#4.3.0)", "internal_bug", "81,91"),
     "120": ("451 unable to exec qq (#4.3.0)", "exec_failed", 120),
     "99": ("451 qq temporary problem (#4.3.0)", "qq_temporary", None),
     "25": ("554 qq permanent problem (#5.3.0)", "qq_permanent", None),
