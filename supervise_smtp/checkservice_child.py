@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 
-from supervise_smtp import service_host as host
 from supervise_smtp.checkservice import Finding
 from supervise_smtp.service_settings import where_to_set
 
@@ -37,18 +36,12 @@ def check_child(run: _Run) -> list[Finding]:
     return _check_queue(run) + _check_control(run) + _start_child(run)
 
 
-def _denied(run: _Run, path: str, want: str) -> str | None:
-    if run.uid is None:
-        return None
-    return host.denied(path, run.uid, list(run.gids), want)
-
-
 def _check_queue(run: _Run) -> list[Finding]:
     got = run.values.get("QMAILQUEUE")
     if got is None or not got.value:
         return []
     path = got.value
-    why = _denied(run, path, "x")
+    why = run.denied(path, "x")
     if why is None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
         why = f"{path} is not an executable file"
     if why is None:
@@ -77,7 +70,7 @@ def _check_control(run: _Run) -> list[Finding]:
         path = os.path.join(home, "control", name)
         if not os.path.lexists(path):
             continue
-        why = _denied(run, path, "r")
+        why = run.denied(path, "r")
         if why is None:
             out.append(Finding("ok", f"run: {path} is readable by qmail-smtpd"))
         else:
@@ -156,7 +149,7 @@ def _startable(run: _Run, argv: list[str]) -> bool:
     first = which(argv[0], run.search_path)
     line = run.line
     smtpd = line.args[line.smtpd].value if line.smtpd is not None else None
-    return first is not None and (smtpd is None or _denied(run, smtpd, "x") is None)
+    return first is not None and (smtpd is None or run.denied(smtpd, "x") is None)
 
 
 def _banner(shown: str, uid: int, said: bytes) -> Finding:

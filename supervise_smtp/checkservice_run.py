@@ -75,6 +75,13 @@ class _Run:
             return where_to_set(self.directory, named[0] if named else var_name(arg.word) or "")
         return f"change {what} on line {arg.word.line} of {self.path}"
 
+    def denied(self, path: str, want: str) -> str | None:
+        """Why qmail-smtpd's uid and gids cannot ``want`` ``path`` (None: they can, or
+        the uid is not known)."""
+        if self.uid is None:
+            return None
+        return host.denied(path, self.uid, list(self.gids), want)
+
     @property
     def path(self) -> str:
         return os.path.join(self.directory, "run")
@@ -249,12 +256,6 @@ def _check_identity(run: _Run) -> list[Finding]:
 # ----------------------------------------------------------------- programs
 
 
-def _access(run: _Run, path: str, want: str) -> str | None:
-    if run.uid is None:
-        return None
-    return host.denied(path, run.uid, list(run.gids), want)
-
-
 def _check_wrapper(run: _Run) -> list[Finding]:
     line = run.line
     assert line.wrapper is not None
@@ -294,7 +295,7 @@ def _check_wrapper(run: _Run) -> list[Finding]:
     # tcpserver runs the wrapper after its -u/-g switch, and serve switches right
     # after binding and imports lazily after that: the user must reach it all.
     for path in [where] + ([interp] if interp else []):
-        why = _access(run, path, "x")
+        why = run.denied(path, "x")
         if why is not None:
             out.append(Finding("error", f"run: supervise-smtp runs as uid {run.uid}, which "
                                         f"cannot reach it: {why}",
@@ -302,7 +303,7 @@ def _check_wrapper(run: _Run) -> list[Finding]:
             return out
     package = _own_package(interp)
     if package is not None:
-        why = _access(run, package, "rx") or _access(run, os.path.join(package, "cli.py"), "r")
+        why = run.denied(package, "rx") or run.denied(os.path.join(package, "cli.py"), "r")
         if why is not None:
             out.append(Finding("error", f"run: supervise-smtp runs as uid {run.uid}, which "
                                         f"cannot read its modules: {why}",
@@ -386,7 +387,7 @@ def _check_smtpd(run: _Run) -> list[Finding]:
                                  "every connection fails",
                         f"install qmail (netqmail), or "
                         f"{run.fix_for(arg, 'the qmail-smtpd path')} to its path")]
-    why = _access(run, found, "x")
+    why = run.denied(found, "x")
     if why is not None:
         return [Finding("error", f"run: qmail-smtpd's uid {run.uid} cannot run it: {why}",
                         f"chmod 755 {found} and its directories")]
@@ -494,7 +495,7 @@ def _check_rules(run: _Run) -> list[Finding]:
         return [Finding("error", f"run: rules {path} does not exist: {server} drops every "
                                  f"connection (unable to read {path})",
                         f"{build}, or {run.fix_for(arg, '-x')} to the cdb")]
-    why = _access(run, path, "r")
+    why = run.denied(path, "r")
     if why is not None:
         return [Finding("error", f"run: rules {path} cannot be read by qmail-smtpd's uid "
                                  f"{run.uid} ({why}): every connection is dropped",
