@@ -90,9 +90,13 @@ def _child_argv(run: _Run) -> list[str] | None:
         return None
     if line.mode == "serve":
         return known
+    from supervise_smtp.errors import UsageError
     from supervise_smtp.options import parse
 
-    _, prog = parse(known, problems=[])  # the bad options are reported elsewhere
+    try:
+        _, prog = parse(known, problems=[])  # the bad options are reported elsewhere
+    except UsageError:  # --help in the options: the wrapper prints it, runs nothing
+        return None
     return prog or None
 
 
