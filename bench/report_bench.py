@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from supervise_smtp.output import format_logfmt  # noqa: E402
+from supervise_smtp.session.output import format_logfmt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1_795_000_000  # 2026-11-18, UNIX time of the first line

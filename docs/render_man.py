@@ -8,7 +8,7 @@ and pipe tables (rendered as .TP lists, so no tbl preprocessor is needed).
 The pandoc ``%`` title line is ignored; the .TH line is built here.
 
 The OPTIONS section is not written by hand: it is rendered from the option
-table, ``supervise_smtp.options.OPTIONS``, into the markdown first.
+table, ``supervise_smtp.session.options.OPTIONS``, into the markdown first.
 
 Run ``python docs/render_man.py`` after editing the markdown or the option
 table and commit both files; tests/process/test_manpage.py fails when the page
@@ -25,7 +25,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
-from supervise_smtp.options import OPTIONS  # noqa: E402
+from supervise_smtp.session.options import OPTIONS  # noqa: E402
 
 SOURCE = DOCS / "supervise-smtp.8.md"
 TARGET = DOCS / "supervise-smtp.8"

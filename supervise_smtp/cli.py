@@ -13,7 +13,7 @@ import os
 import sys
 
 from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, UsageError
-from supervise_smtp.options import OPTIONS, InfoRequested, parse
+from supervise_smtp.session.options import OPTIONS, InfoRequested, parse
 
 __all__ = ["main", "parse", "help_text", "USAGE", "SUBCOMMANDS"]
 
@@ -25,7 +25,7 @@ _VALUED = tuple(name for row in OPTIONS if row[1] for name in row[0].split(", ")
 
 def help_text() -> str:
     """What ``--help`` prints: usage, the option table, subcommands, exit codes."""
-    from supervise_smtp.options import help_list
+    from supervise_smtp.session.options import help_list
 
     return f"""{USAGE}
 
@@ -71,7 +71,7 @@ def _say(fd: int, text: str) -> None:
 
 def _refuse(fmt: str, err: TempError) -> None:
     """Exit 111 before anything started, with the lines a spawn failure gives."""
-    from supervise_smtp.output import Output
+    from supervise_smtp.session.output import Output
 
     out = Output(fmt, background=True)  # never stalls on a stuck log pipe
     out.base = {"remote": os.environ.get("TCPREMOTEIP"), "pid": os.getpid()}
@@ -86,11 +86,11 @@ def _refuse(fmt: str, err: TempError) -> None:
 # Subcommands: module with ``main(args: list[str]) -> int``, imported only
 # when asked for.  A program with one of these names needs ``--`` before it.
 SUBCOMMANDS = {
-    "wrap-run": "supervise_smtp.wraprun",
-    "check-service": "supervise_smtp.checkservice",
-    "serve": "supervise_smtp.serve",
-    "report": "supervise_smtp.report",
-    "collect": "supervise_smtp.collect",
+    "wrap-run": "supervise_smtp.runscript.wrap",
+    "check-service": "supervise_smtp.runscript.check",
+    "serve": "supervise_smtp.serve.server",
+    "report": "supervise_smtp.logs.report",
+    "collect": "supervise_smtp.logs.collect",
 }
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _subcommand(args[0], args[1:])
         sys.stdout.flush()
         os._exit(code)
-    from supervise_smtp.process import standard_fds
+    from supervise_smtp.session.process import standard_fds
 
     bad_fds = standard_fds()  # first of all: fd 2 on /dev/null if it is closed
     try:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if bad_fds is not None:  # fd 0 or 1 closed (no client), or no /dev/null for fd 2
         _refuse(options.format, bad_fds)
-    from supervise_smtp import session
+    from supervise_smtp.session import run as session
 
     try:
         status = session.run(options, prog)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     if status.lost:  # never an invented exit 0: tcpserver sees a temporary failure
         os._exit(EXIT_TEMP)
     if status.signal is not None:
-        from supervise_smtp.process import die_like
+        from supervise_smtp.session.process import die_like
 
         die_like(status.signal)
         os._exit(128 + status.signal)

@@ -1,7 +1,7 @@
 """A strict reader of supervise-smtp's event lines, independent of the package.
 
 The package's own ``parse_logfmt`` is lenient (it reads what it is given);
-this one accepts exactly what ``supervise_smtp/output.py`` promises to write
+this one accepts exactly what ``supervise_smtp/session/output.py`` promises to write
 and rejects everything else, so that a test reading a line through it proves
 the line is well formed and carries no forged key.
 

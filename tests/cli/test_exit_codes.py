@@ -18,7 +18,7 @@ import pytest
 from helpers import event, events, read_fd_until, wrapper_argv
 
 from supervise_smtp import __version__
-from supervise_smtp.output import parse_logfmt
+from supervise_smtp.session.output import parse_logfmt
 
 USAGE = "usage: supervise-smtp [options] [--] prog [args...]"
 TIMEOUT_S = 30
@@ -364,19 +364,20 @@ def test_plain_session_loads_only_what_it_needs(tmp_path):
     loaded = {line.rsplit(b"|", 1)[-1].strip().decode() for line in proc.stderr.splitlines()
               if line.startswith(b"import time:")}
     assert "supervise_smtp.observer.protocol" in loaded  # the check itself works
-    for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.procfs",
-                 "supervise_smtp.lines", "supervise_smtp.scanner", "supervise_smtp.observer.tls",
-                 "supervise_smtp.capture", "supervise_smtp.alert", "supervise_smtp.barelf",
-                 "supervise_smtp.safedir", "supervise_smtp.serve_fds",
+    for lazy in ("supervise_smtp.observer.auth", "supervise_smtp.session.procfs",
+                 "supervise_smtp.session.linesplit", "supervise_smtp.session.stderr",
+                 "supervise_smtp.observer.tls", "supervise_smtp.session.capture",
+                 "supervise_smtp.session.alert", "supervise_smtp.session.barelf",
+                 "supervise_smtp.session.safedir", "supervise_smtp.serve.fds",
                  "json", "re", "subprocess", "argparse", "psutil",
-                 "supervise_smtp.rules", "cdblib", "daemon", "prometheus_client",
-                 "setproctitle", "supervise_smtp.serve_title",
-                 "supervise_smtp.serve", "supervise_smtp.serve_stats",
-                 "supervise_smtp.metrics", "supervise_smtp.metrics_record",
-                 "supervise_smtp.metrics_http", "supervise_smtp.collect",
-                 "supervise_smtp.checkservice", "supervise_smtp.checkservice_run",
-                 "supervise_smtp.service_settings", "supervise_smtp.service_host",
-                 "supervise_smtp.report", "supervise_smtp.report_text",
-                 "supervise_smtp.logstamp", "supervise_smtp.logparse",
-                 "supervise_smtp.loginput", "supervise_smtp.topk"):
+                 "supervise_smtp.serve.rules", "cdblib", "daemon", "prometheus_client",
+                 "setproctitle", "supervise_smtp.serve.title",
+                 "supervise_smtp.serve.server", "supervise_smtp.serve.stats",
+                 "supervise_smtp.logs.metrics", "supervise_smtp.logs.tally",
+                 "supervise_smtp.logs.http", "supervise_smtp.logs.collect",
+                 "supervise_smtp.runscript.check", "supervise_smtp.runscript.check_run",
+                 "supervise_smtp.runscript.settings", "supervise_smtp.runscript.host",
+                 "supervise_smtp.logs.report", "supervise_smtp.logs.report_text",
+                 "supervise_smtp.logs.stamps", "supervise_smtp.logs.parse",
+                 "supervise_smtp.logs.inputs", "supervise_smtp.logs.topk"):
         assert lazy not in loaded, lazy

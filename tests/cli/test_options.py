@@ -14,7 +14,7 @@ from helpers import wrapper_argv
 
 from supervise_smtp.cli import parse
 from supervise_smtp.errors import UsageError
-from supervise_smtp.options import MAX_SECONDS, OPTIONS, InfoRequested, Options
+from supervise_smtp.session.options import MAX_SECONDS, OPTIONS, InfoRequested, Options
 
 REPO = Path(__file__).resolve().parents[2]
 ATTRIBUTES = [row[2] for row in OPTIONS if row[2]]
@@ -77,7 +77,7 @@ PARSED = [
                          ids=[case[1] for case in PARSED])
 def test_options_each_parses_to_its_typed_value(args, attribute, expected):
     """Each option comes out parsed: numbers, verdict sets, rates and networks included."""
-    from supervise_smtp.alert import parse_verdicts
+    from supervise_smtp.session.alert import parse_verdicts
 
     options, prog = parse([*args, "--", "qmail-smtpd", "-x"])
     assert prog == ["qmail-smtpd", "-x"]

@@ -7,7 +7,7 @@ import subprocess
 
 from helpers import wrapper_argv
 
-from supervise_smtp.output import parse_logfmt
+from supervise_smtp.session.output import parse_logfmt
 
 
 def _limit_fds(n: int):

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from helpers import events, fill_pipe, wrapper_argv
 
-from supervise_smtp.output import parse_logfmt
+from supervise_smtp.session.output import parse_logfmt
 
 TIMEOUT_S = 30
 

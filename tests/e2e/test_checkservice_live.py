@@ -50,7 +50,7 @@ def _banner(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> 
 
 def _listener_pid(port: int) -> int:
     """The pid holding the listening socket on ``port`` (via /proc, as root)."""
-    from supervise_smtp.service_host import listeners
+    from supervise_smtp.runscript.host import listeners
 
     (found,) = listeners(port)
     assert found.pid is not None

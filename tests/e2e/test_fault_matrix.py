@@ -96,7 +96,7 @@ from helpers import (
 )
 from test_serve import Listener
 
-from supervise_smtp.scanner import StderrWatch
+from supervise_smtp.session.stderr import StderrWatch
 
 pytestmark = pytest.mark.e2e
 

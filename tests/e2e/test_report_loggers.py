@@ -20,7 +20,7 @@ import pytest
 from conftest import need
 from helpers import wrapper_argv
 
-from supervise_smtp.output import format_json, format_logfmt
+from supervise_smtp.session.output import format_json, format_logfmt
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from conftest import need
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervise_smtp.rules import RulesError, lookup
+from supervise_smtp.serve.rules import RulesError, lookup
 
 pytestmark = pytest.mark.e2e
 

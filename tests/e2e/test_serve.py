@@ -624,11 +624,12 @@ def test_per_connection_wrapper_never_imports_serve(tmp_path):
     assert proc.returncode == 0, proc.stderr
     loaded = {line.rsplit(b"|", 1)[-1].strip().decode() for line in proc.stderr.splitlines()
               if line.startswith(b"import time:")}
-    assert "supervise_smtp.session" in loaded
-    for module in ("supervise_smtp.serve", "supervise_smtp.serve_opts",
-                   "supervise_smtp.serve_worker", "supervise_smtp.serve_log",
-                   "supervise_smtp.tcpenv", "supervise_smtp.tcpdns", "supervise_smtp.rules",
-                   "supervise_smtp.shscript"):
+    assert "supervise_smtp.session.run" in loaded
+    for module in ("supervise_smtp.serve.server", "supervise_smtp.serve.config",
+                   "supervise_smtp.serve.worker", "supervise_smtp.serve.log",
+                   "supervise_smtp.serve.tcpenv", "supervise_smtp.serve.dns",
+                   "supervise_smtp.serve.rules",
+                   "supervise_smtp.runscript.sh"):
         assert module not in loaded, module
 
 

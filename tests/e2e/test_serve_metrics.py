@@ -33,7 +33,7 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import Listener
 
-from supervise_smtp.metrics import Metrics
+from supervise_smtp.logs.metrics import Metrics
 
 pytestmark = pytest.mark.e2e
 

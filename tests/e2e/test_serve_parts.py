@@ -14,10 +14,11 @@ import time
 
 import pytest
 
-from supervise_smtp import tcpdns, tcpenv
 from supervise_smtp.errors import UsageError
-from supervise_smtp.options import InfoRequested
-from supervise_smtp.serve_opts import parse_serve
+from supervise_smtp.serve import dns as tcpdns
+from supervise_smtp.serve import tcpenv
+from supervise_smtp.serve.config import parse_serve
+from supervise_smtp.session.options import InfoRequested
 
 
 def test_serve_opts_defaults_are_tcpservers():

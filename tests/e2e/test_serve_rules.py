@@ -24,7 +24,7 @@ from helpers import poll_until, recv_until_eof, wrapper_argv
 from test_serve import DNS_IP, SHOW_ENV, Listener, script, wire
 
 pytestmark = pytest.mark.e2e
-pytest.importorskip("supervise_smtp.rules")
+pytest.importorskip("supervise_smtp.serve.rules")
 
 # test_serve.py's fixtures, by name
 both = test_serve.both

@@ -1,4 +1,4 @@
-"""supervise_smtp.alert: --alert-on/--alert-rate parsing, matching, rate limit, detached run.
+"""session/alert.py: --alert-on/--alert-rate parsing, matching, rate limit, detached run.
 
 Matching is checked with a missing program (``action=error`` means "an alert
 was called for", None means "not"), so that no process is started.  The
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from supervise_smtp import alert
-from supervise_smtp.alert import DEFAULT_ON, maybe_alert, parse_rate, parse_verdicts
-from supervise_smtp.diagnose import STAGES, VERDICTS, client_lost
 from supervise_smtp.errors import UsageError
+from supervise_smtp.session import alert
+from supervise_smtp.session.alert import DEFAULT_ON, maybe_alert, parse_rate, parse_verdicts
+from supervise_smtp.session.diagnose import STAGES, VERDICTS, client_lost
 
 MISSING = "/nonexistent/supervise-smtp-alert"
 HOUR = 3600.0
@@ -290,7 +290,7 @@ def test_alert_state_modes(tmp_path):
 
 _WORKER = """
 import sys
-from supervise_smtp.alert import maybe_alert
+from supervise_smtp.session.alert import maybe_alert
 prog, state, count, calls = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 sys.stdin.readline()  # start together
 for _ in range(calls):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from conftest import need
 
-from supervise_smtp.metrics import Metrics
-from supervise_smtp.metrics_record import (
+from supervise_smtp.logs.metrics import Metrics
+from supervise_smtp.logs.tally import (
     CHILD_SIGNALS,
     QUEUE_CLASSES,
     REPLY_LABELS,

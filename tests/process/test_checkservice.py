@@ -28,10 +28,10 @@ import pytest
 from conftest import in_ci, need
 from helpers import free_port, qmail_users
 
-from supervise_smtp import checkservice
-from supervise_smtp.checkservice_run import MIN_PYTHON_LIMIT_BYTES
 from supervise_smtp.errors import UsageError
-from supervise_smtp.wraprun import to_serve
+from supervise_smtp.runscript import check as checkservice
+from supervise_smtp.runscript.check_run import MIN_PYTHON_LIMIT_BYTES
+from supervise_smtp.runscript.wrap import to_serve
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = ["daemontools", "runit", "s6"]
@@ -727,7 +727,7 @@ def test_checkservice_child_started_as_its_user_must_print_a_banner(shipped, acc
 def test_checkservice_child_start_skipped_and_said_when_not_root(shipped, accounts,
                                                                    monkeypatch):
     """Not root: the child cannot be started as qmaild, and the finding says so."""
-    from supervise_smtp import checkservice_child
+    from supervise_smtp.runscript import check_child as checkservice_child
 
     svc = shipped("runit", SOFTLIMIT="2000000")
     monkeypatch.setattr(checkservice_child.os, "geteuid", lambda: 1000)

@@ -24,7 +24,7 @@ import pytest
 from helpers import FAKES, free_port, wrapper_argv
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervise_smtp.output import format_json, format_logfmt
+from supervise_smtp.session.output import format_json, format_logfmt
 
 LOGGER = [str(FAKES / "fake-logger")]
 TIMEOUT_S = 15.0

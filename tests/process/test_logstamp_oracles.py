@@ -16,7 +16,7 @@ import time
 import pytest
 from conftest import need
 
-from supervise_smtp.logstamp import (
+from supervise_smtp.logs.stamps import (
     LEAP_SECONDS,
     SCALE_DAEMONTOOLS,
     SCALE_S6,

@@ -36,10 +36,10 @@ import pytest
 from conftest import in_ci
 from helpers import event, events, recv_until_eof, wrapper_argv
 
-from supervise_smtp import capture as capture_mod
-from supervise_smtp.alert import STATE_FILE, maybe_alert
-from supervise_smtp.capture import Capture, filename_safe
 from supervise_smtp.observer.events import Command
+from supervise_smtp.session import capture as capture_mod
+from supervise_smtp.session.alert import STATE_FILE, maybe_alert
+from supervise_smtp.session.capture import Capture, filename_safe
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))

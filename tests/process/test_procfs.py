@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from supervise_smtp import procfs
+from supervise_smtp.session import procfs
 
 
 def test_procfs_children_start_and_alive():

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import time
 
-from supervise_smtp.procfs import QueueWatch
+from supervise_smtp.session.procfs import QueueWatch
 
 
 def _wait_for_child_of(pid: int, timeout: float = 5.0) -> None:
-    from supervise_smtp.procfs import children
+    from supervise_smtp.session.procfs import children
 
     deadline = time.monotonic() + timeout
     while not children(pid):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers import wrapper_argv
 
-from supervise_smtp.output import format_logfmt
+from supervise_smtp.session.output import format_logfmt
 
 T0 = 1795946400  # 2026-11-29 10:00:00 UTC
 

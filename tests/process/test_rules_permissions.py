@@ -11,7 +11,7 @@ import os
 
 from cdblib import Writer
 
-from supervise_smtp.rules import RulesError, lookup
+from supervise_smtp.serve.rules import RulesError, lookup
 
 NOBODY = 65534
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from supervise_smtp import wraprun
 from supervise_smtp.errors import UsageError
-from supervise_smtp.shscript import ShellSyntaxError, shell_commands
-from supervise_smtp.wraprun import WrapRefused, to_serve, wrap
+from supervise_smtp.runscript import wrap as wraprun
+from supervise_smtp.runscript.sh import ShellSyntaxError, shell_commands
+from supervise_smtp.runscript.wrap import WrapRefused, to_serve, wrap
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "runscripts"
@@ -353,7 +353,7 @@ def test_shipped_run_without_serve_execs_tcpserver(suite, serve, tmp_path):
 def test_shipped_run_serve_1_execs_serve_with_the_same_options(suite, tmp_path):
     """SERVE=1: supervise-smtp serve, tcpserver's options then the wrapper's, host, port,
     ``--``, softlimit; exactly what serve's own parser reads as the tcpserver line."""
-    from supervise_smtp.serve_opts import parse_serve
+    from supervise_smtp.serve.config import parse_serve
 
     plain = _run_shipped(suite, tmp_path / "plain", None, "--format json --bare-lf fix")
     run = _run_shipped(suite, tmp_path / "serve", "1", "--format json --bare-lf fix")
@@ -423,8 +423,8 @@ def test_serve_corpus_idempotent_and_sh_n(name):
 def test_serve_corpus_line_keeps_tcpservers_options(name):
     """Right after ``serve`` come tcpserver's options, word for word and in order (as
     tcpserver's getopt read them), then the wrapper's; serve's parser takes the line."""
-    from supervise_smtp.serve_opts import parse_serve
-    from supervise_smtp.shscript import TCPSERVER_OPTSTRING, assignments, getopt, resolve
+    from supervise_smtp.runscript.sh import TCPSERVER_OPTSTRING, assignments, getopt, resolve
+    from supervise_smtp.serve.config import parse_serve
 
     def values_after(text: str, program: str) -> list[str | None]:
         commands = shell_commands(text)
@@ -471,7 +471,7 @@ def test_serve_refusals_come_from_serves_own_parser(option, why):
     """The reason is serve_opts.parse_serve's own message, for each refused option."""
     import re
 
-    from supervise_smtp.serve_opts import parse_serve
+    from supervise_smtp.serve.config import parse_serve
 
     with pytest.raises(UsageError, match=re.escape(why)):
         parse_serve([*option.split(), "0", "25", "qmail-smtpd"])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervise_smtp.barelf import BareLFFixer
+from supervise_smtp.session.barelf import BareLFFixer
 
 HEAD = [b"HELO a\r\n", b"MAIL FROM:<broken@example.org>\r\n", b"RCPT TO:<b@example.org>\r\n",
         b"DATA\r\n"]

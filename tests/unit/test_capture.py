@@ -11,10 +11,10 @@ import stat
 
 import pytest
 
-from supervise_smtp import capture as capture_mod
-from supervise_smtp.capture import SPILL_BYTES, Capture
 from supervise_smtp.observer import Observer
 from supervise_smtp.observer.events import Command, Reply
+from supervise_smtp.session import capture as capture_mod
+from supervise_smtp.session.capture import SPILL_BYTES, Capture
 
 PID = 4242
 SECRET = b"s3cr3t-Pa55word!"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from supervise_smtp.diagnose import VERDICTS, Facts, client_lost, diagnose
 from supervise_smtp.observer import Observer
-from supervise_smtp.qmail import QQ_TEXTS, qq_meaning, queue_pid
-from supervise_smtp.scanner import parent_died_pid
+from supervise_smtp.session.diagnose import VERDICTS, Facts, client_lost, diagnose
+from supervise_smtp.session.qmail import QQ_TEXTS, qq_meaning, queue_pid
+from supervise_smtp.session.stderr import parent_died_pid
 
 BANNER = [("S", b"220 mx.example.org ESMTP\r\n")]
 HELO = [("C", b"HELO c.example\r\n"), ("S", b"250 mx.example.org\r\n")]
@@ -160,7 +160,7 @@ def test_diagnose_rejected_after_5xx_only():
 def test_diagnose_rejected_reason_is_the_reply_escaped_once():
     """The reason carries the refused reply's own bytes, which the log escapes once:
     never a Python ``b'...'`` repr (escaped a second time in the log)."""
-    from supervise_smtp.output import render
+    from supervise_smtp.session.output import render
 
     verdict, fields = judge(BANNER + HELO + ENVELOPE[:2] + [
         ("C", b"RCPT TO:<x@elsewhere.example>\r\n"),
@@ -221,7 +221,7 @@ def test_qmail_every_qq_text_has_a_meaning(text):
 
 def test_diagnose_queue_exit_says_every_exit_a_reply_stands_for():
     """``451 qq internal bug`` (qmail-queue exit 81 or 91): queue_exit=81,91, not absent."""
-    from supervise_smtp.output import format_logfmt
+    from supervise_smtp.session.output import format_logfmt
 
     verdict, fields = judge(BANNER + HELO + ENVELOPE + DATA + BODY
                             + [("S", b"451 qq internal bug (#4.3.0)\r\n")] + QUIT, exit_code=0)
@@ -361,8 +361,8 @@ def test_diagnose_other_signal_after_a_forwarded_one_is_a_crash():
 
 def test_diagnose_stopped_is_a_verdict_not_alerted_by_default():
     """stopped can be named in --alert-on and --capture-when, and is not in the default set."""
-    from supervise_smtp.alert import DEFAULT_ON, parse_verdicts
     from supervise_smtp.cli import parse
+    from supervise_smtp.session.alert import DEFAULT_ON, parse_verdicts
 
     assert "stopped" in VERDICTS
     assert "stopped" not in DEFAULT_ON
@@ -417,8 +417,8 @@ def test_diagnose_helo_and_domain_are_capped_and_marked_truncated():
     """A 400-byte EHLO name is cut to HOST_CAP bytes and the summary says truncated."""
     from strict_logfmt import parse
 
-    from supervise_smtp.diagnose import HOST_CAP
-    from supervise_smtp.output import format_logfmt
+    from supervise_smtp.session.diagnose import HOST_CAP
+    from supervise_smtp.session.output import format_logfmt
 
     steps = BANNER + [("C", b"EHLO " + b"h\x1b" * 200 + b"\r\n"), ("S", b"250 mx\r\n")] + QUIT
     verdict, fields = judge(steps, exit_code=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervise_smtp.lines import LineSplitter
+from supervise_smtp.session.linesplit import LineSplitter
 
 
 def _feed_all(splitter: LineSplitter, chunks: list[bytes]) -> list[tuple[bytes, int, bool]]:

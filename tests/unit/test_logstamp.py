@@ -1,4 +1,4 @@
-"""Log stamps to UTC (supervise_smtp/logstamp.py): every logger's format, both TAI64N scales."""
+"""Log stamps to UTC (supervise_smtp/logs/stamps.py): every logger's format, both TAI64N scales."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from supervise_smtp.logstamp import (
+from supervise_smtp.logs.stamps import (
     KIND_ISO,
     KIND_LOCAL,
     KIND_NONE,

@@ -17,10 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervise_smtp.diagnose import STAGES, VERDICTS
-from supervise_smtp.logparse import parse_event
-from supervise_smtp.metrics import DURATION_BUCKETS_S, Metrics
-from supervise_smtp.metrics_record import (
+from supervise_smtp.logs.metrics import DURATION_BUCKETS_S, Metrics
+from supervise_smtp.logs.parse import parse_event
+from supervise_smtp.logs.tally import (
     CHILD_SIGNALS,
     MAX_RECORD_BYTES,
     QUEUE_CLASSES,
@@ -29,7 +28,8 @@ from supervise_smtp.metrics_record import (
     record,
     tally,
 )
-from supervise_smtp.output import format_json, format_logfmt
+from supervise_smtp.session.diagnose import STAGES, VERDICTS
+from supervise_smtp.session.output import format_json, format_logfmt
 
 BARE_LF = {  # docs/verdicts.md's field-report example, as the session builds it
     "event": "summary", "remote": "10.0.0.7", "pid": 17617, "verdict": "bare_lf",
@@ -313,7 +313,7 @@ def test_metrics_write_textfile_is_atomic_and_0644(tmp_path):
 @given(st.lists(st.integers(1, 3000), max_size=8))
 def test_metrics_collect_counts_the_same_however_reads_cut_the_lines(cuts):
     """collect's counting of a stream does not depend on where reads cut its lines."""
-    from supervise_smtp.collect import Counting
+    from supervise_smtp.logs.collect import Counting
 
     stream = b"".join([
         b"tcpserver: status: 1/20\n", format_logfmt(BARE_LF), b"\xff junk\n",
@@ -336,7 +336,7 @@ def test_metrics_collect_counts_the_same_however_reads_cut_the_lines(cuts):
 def test_metrics_textfile_writer_rewrites_each_interval_and_warns_once(tmp_path):
     """Written at the first call and then each interval, changed or not (the mtime is
     the heartbeat); a run of failures is one warning, the recovery one line more."""
-    from supervise_smtp.metrics import TextfileWriter
+    from supervise_smtp.logs.metrics import TextfileWriter
 
     said: list[str] = []
     path = tmp_path / "d" / "m.prom"

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from supervise_smtp.metrics_http import MAX_CLIENTS, MAX_REQUEST_BYTES, MetricsHTTP, parse_listen
+from supervise_smtp.logs.http import MAX_CLIENTS, MAX_REQUEST_BYTES, MetricsHTTP, parse_listen
 
 
 class Clock:

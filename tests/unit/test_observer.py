@@ -313,8 +313,8 @@ def test_observer_transition_table_names_only_stages():
 
 def test_observer_stages_are_the_verdicts_stages():
     """diagnose names client_lost_after_<stage> after the observer's stages (all but quit)."""
-    from supervise_smtp.diagnose import STAGES as VERDICT_STAGES
-    from supervise_smtp.diagnose import VERDICTS
+    from supervise_smtp.session.diagnose import STAGES as VERDICT_STAGES
+    from supervise_smtp.session.diagnose import VERDICTS
 
     assert VERDICT_STAGES == tuple(s for s in STAGES if s != "quit")
     assert [v for v in VERDICTS if v.startswith("client_lost_after_")] == [

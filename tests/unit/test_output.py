@@ -10,7 +10,7 @@ import strict_logfmt as strict
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from supervise_smtp.output import (
+from supervise_smtp.session.output import (
     MAX_LOG_LINE_BYTES,
     MAX_VALUE_CHARS,
     Output,

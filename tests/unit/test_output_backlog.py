@@ -18,7 +18,7 @@ import pytest
 import strict_logfmt as strict
 from helpers import fill_pipe
 
-from supervise_smtp.output import BACKLOG_BYTES, BACKLOG_LINES, Output
+from supervise_smtp.session.output import BACKLOG_BYTES, BACKLOG_LINES, Output
 
 LIVENESS_S = 10.0
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from supervise_smtp.relay import ClientEnd, Relay
+from supervise_smtp.session.relay import ClientEnd, Relay
 
 
 class Exploding:
@@ -209,7 +209,7 @@ def test_relay_child_turn_fallback():
 def test_client_acked_tells_half_close_from_close(how, want):
     """A client that half-closed acknowledges what we write; one that closed resets it
     (the reset leaves the reply unacknowledged, and the connection over)."""
-    from supervise_smtp.relay import ClientEnd, client_acked
+    from supervise_smtp.session.relay import ClientEnd, client_acked
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -235,7 +235,7 @@ def test_client_acked_tells_half_close_from_close(how, want):
 
 def test_client_acked_is_none_on_a_pipe():
     """Not a TCP socket: nothing to ask, the caller keeps what it wrote."""
-    from supervise_smtp.relay import ClientEnd, client_acked
+    from supervise_smtp.session.relay import ClientEnd, client_acked
 
     r, w = os.pipe()
     try:

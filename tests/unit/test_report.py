@@ -1,4 +1,4 @@
-"""The report (supervise_smtp/report.py): exact counts from generated logs in every stamp format.
+"""The report (logs/report.py): exact counts from generated logs in every stamp format.
 
 The log is one scenario: summaries written by output.py's own formatters
 (logfmt, and one as JSON), other event lines, tcpserver's, qmail's and
@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervise_smtp.errors import UsageError
-from supervise_smtp.logparse import FOREIGN, MALFORMED, parse_event
-from supervise_smtp.output import format_json, format_logfmt
-from supervise_smtp.report import Filters, Tally, parse_args, parse_time
-from supervise_smtp.report_text import WIDTH, render
+from supervise_smtp.logs.parse import FOREIGN, MALFORMED, parse_event
+from supervise_smtp.logs.report import Filters, Tally, parse_args, parse_time
+from supervise_smtp.logs.report_text import WIDTH, render
+from supervise_smtp.session.output import format_json, format_logfmt
 
 T0 = calendar.timegm((2026, 11, 29, 10, 0, 0, 0, 0, 0))
 BROKEN = {"helo_name": "mx.broken.example", "mail_from_domain": "broken.example"}

@@ -14,7 +14,7 @@ from cdblib.djb_hash import djb_hash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervise_smtp.rules import Rule, RulesError, lookup, lookup_keys, parse_value
+from supervise_smtp.serve.rules import Rule, RulesError, lookup, lookup_keys, parse_value
 
 V6 = "2001:db8::1"
 V6_EXPLODED = "2001:0DB8:0000:0000:0000:0000:0000:0001"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervise_smtp.scanner import classify
+from supervise_smtp.session.stderr import classify
 
 
 @pytest.mark.parametrize(
@@ -27,8 +27,8 @@ def test_scanner_classify(line, source):
 def test_stderr_events_capped_the_rest_counted_and_still_read():
     """After STDERR_EVENTS child_stderr events, lines are only counted -- but a
     qmail-scanner parent death among them is still seen."""
-    from supervise_smtp.diagnose import Facts
-    from supervise_smtp.scanner import StderrWatch
+    from supervise_smtp.session.diagnose import Facts
+    from supervise_smtp.session.stderr import StderrWatch
 
     facts = Facts()
     said: list[dict[str, object]] = []

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from supervise_smtp.service_line import NoServerLine, server_line
-from supervise_smtp.service_settings import Setting, expand_word, service_settings
-from supervise_smtp.shscript import shell_commands
+from supervise_smtp.runscript.line import NoServerLine, server_line
+from supervise_smtp.runscript.settings import Setting, expand_word, service_settings
+from supervise_smtp.runscript.sh import shell_commands
 
 REPO = Path(__file__).resolve().parents[2]
 ABSENT = f"ssmtp-absent{os.getpid()}"

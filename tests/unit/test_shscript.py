@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervise_smtp.shscript import (
+from supervise_smtp.runscript.sh import (
     ShellSyntaxError,
     Word,
     assignments,

@@ -1,10 +1,10 @@
-"""Bounded tallies (supervise_smtp/topk.py): exact while small, bounded and honest when not."""
+"""Bounded tallies (supervise_smtp/logs/topk.py): exact while small, bounded and honest when not."""
 
 from __future__ import annotations
 
 import random
 
-from supervise_smtp.topk import OTHER, Capped, TopK
+from supervise_smtp.logs.topk import OTHER, Capped, TopK
 
 
 def test_topk_is_exact_while_keys_fit():

@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import os
 
-from supervise_smtp.diagnose import STAGES, VERDICTS, client_lost
 from supervise_smtp.errors import UsageError
+from supervise_smtp.session.diagnose import STAGES, VERDICTS, client_lost
 
 TYPE_CHECKING = False  # typing costs start-up; mypy knows this name
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def _limited(prog: str, rate: tuple[int, float], state_dir: str, verdict: str,
 
     count, period = rate
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    from supervise_smtp.safedir import refusal
+    from supervise_smtp.session.safedir import refusal
 
     reason = refusal(state_dir)
     if reason:  # another user could rewrite the state: no alert rather than a forged budget
@@ -224,7 +224,7 @@ def _alert_env(verdict: str, fields: dict[str, object], suppressed: int,
 
     Each value as the log line shows it (output.render): escaped, capped.
     """
-    from supervise_smtp.output import escape, render
+    from supervise_smtp.session.output import escape, render
 
     env = {k: v for k, v in base.items()
            if not k.startswith(_PREFIX.encode()) or k == _TIMEOUT_ENV.encode()}

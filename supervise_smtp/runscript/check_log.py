@@ -12,8 +12,8 @@ import os
 import pwd
 import re
 
-from supervise_smtp import service_host as host
-from supervise_smtp.checkservice import (
+from supervise_smtp.runscript import host
+from supervise_smtp.runscript.check import (
     SHELLS,
     SUPERVISOR_PATH,
     Finding,
@@ -22,14 +22,14 @@ from supervise_smtp.checkservice import (
     read,
     shell_check,
 )
-from supervise_smtp.service_line import Arg
-from supervise_smtp.service_settings import (
+from supervise_smtp.runscript.line import Arg
+from supervise_smtp.runscript.settings import (
     Setting,
     expand_word,
     service_settings,
     where_to_set,
 )
-from supervise_smtp.shscript import CHPST_OPTSTRING, Command, ShellSyntaxError, shell_commands
+from supervise_smtp.runscript.sh import CHPST_OPTSTRING, Command, ShellSyntaxError, shell_commands
 
 __all__ = ["check_log"]
 

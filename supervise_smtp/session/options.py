@@ -73,13 +73,13 @@ def _byte_count(name: str, value: str, metavar: str) -> int:
 
 
 def _alert_verdicts(name: str, value: str, metavar: str) -> frozenset[str]:
-    from supervise_smtp.alert import parse_verdicts
+    from supervise_smtp.session.alert import parse_verdicts
 
     return parse_verdicts(value)
 
 
 def _alert_rate(name: str, value: str, metavar: str) -> tuple[int, float]:
-    from supervise_smtp.alert import parse_rate
+    from supervise_smtp.session.alert import parse_rate
 
     return parse_rate(value)
 
@@ -87,7 +87,7 @@ def _alert_rate(name: str, value: str, metavar: str) -> tuple[int, float]:
 def _capture_verdicts(name: str, value: str, metavar: str) -> frozenset[str] | None:
     if value == "always":
         return None
-    from supervise_smtp.diagnose import VERDICTS
+    from supervise_smtp.session.diagnose import VERDICTS
 
     verdicts = value.split(",")
     for verdict in verdicts:

@@ -26,11 +26,11 @@ import os
 import socket
 import time
 
-from supervise_smtp import tcpdns
+from supervise_smtp.serve import dns as tcpdns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from supervise_smtp.serve_opts import ServeConfig
+    from supervise_smtp.serve.config import ServeConfig
 
 __all__ = ["Peer", "peer_of", "tcp_variables", "ident", "listen_address", "MAX_INFO_BYTES"]
 

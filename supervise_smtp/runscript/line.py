@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from supervise_smtp.service_settings import Setting, expand_word
-from supervise_smtp.shscript import (
+from supervise_smtp.runscript.settings import Setting, expand_word
+from supervise_smtp.runscript.sh import (
     TCPSERVER_OPTSTRING,
     Command,
     Word,
     program_name,
 )
-from supervise_smtp.wraprun import WrapRefused, locate
+from supervise_smtp.runscript.wrap import WrapRefused, locate
 
 __all__ = ["Arg", "ServerLine", "server_line", "NoServerLine"]
 
@@ -96,7 +96,7 @@ def _expand(cmd: Command, values: dict[str, Setting]) -> list[Arg]:
 def _long_takes_value(name: str) -> bool:
     """Whether serve's command line takes the next word as ``--name``'s value."""
     # serve_opts' own tables (read, never changed): serve's options, then the wrapper's
-    from supervise_smtp.serve_opts import _SERVE_LONG, _wrapper_takes_value
+    from supervise_smtp.serve.config import _SERVE_LONG, _wrapper_takes_value
 
     if name in _SERVE_LONG:
         return _SERVE_LONG[name][1] is not None

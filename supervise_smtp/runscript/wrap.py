@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 
 from supervise_smtp.errors import TempError, UsageError
-from supervise_smtp.shscript import (
+from supervise_smtp.runscript.sh import (
     CHPST_OPTSTRING,
     SOFTLIMIT_OPTSTRING,
     SOFTLIMITS,
@@ -401,7 +401,7 @@ def _wrapper_options(loc: Location, w: int) -> tuple[int, int, list[str | None]]
     An unquoted $VAR we cannot resolve counts as options (``$SUPERVISE_SMTP_OPTS``)
     unless it names a program we know (``$SMTPD``).
     """
-    from supervise_smtp.options import OPTIONS
+    from supervise_smtp.session.options import OPTIONS
 
     takes_value = {name for row in OPTIONS if row[1] for name in row[0].split(", ")}
     words = loc.command.args
@@ -429,7 +429,7 @@ def _check_serve_options(ops: _Operands, wrapper_opts: list[str | None], line: i
     Option values we cannot resolve ($VARs set at run time) stand in as "1",
     which every tcpserver option taking a value accepts.
     """
-    from supervise_smtp.serve_opts import parse_serve
+    from supervise_smtp.serve.config import parse_serve
 
     options = ["1" if v is None else v for v in ops.options]
     if options[-1:] == ["--"]:

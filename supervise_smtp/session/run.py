@@ -14,7 +14,7 @@ import os
 import time
 
 from supervise_smtp.errors import TempError
-from supervise_smtp.process import (
+from supervise_smtp.session.process import (
     Child,
     ExitStatus,
     SignalWakeup,
@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from supervise_smtp.diagnose import Facts
     from supervise_smtp.observer import Event, Observer
-    from supervise_smtp.options import Options
-    from supervise_smtp.output import Output
-    from supervise_smtp.procfs import QueueWatch
-    from supervise_smtp.relay import Relay
-    from supervise_smtp.scanner import StderrWatch
+    from supervise_smtp.session.diagnose import Facts
+    from supervise_smtp.session.options import Options
+    from supervise_smtp.session.output import Output
+    from supervise_smtp.session.procfs import QueueWatch
+    from supervise_smtp.session.relay import Relay
+    from supervise_smtp.session.stderr import StderrWatch
 
 __all__ = ["ANOMALY_EVENTS", "LOG_DRAIN_SECONDS", "ObserverTap", "run"]
 
@@ -100,12 +100,12 @@ class Session:
         self.wakeup = SignalWakeup()
         self.subreaper_error = None
         if opts.subreaper:
-            from supervise_smtp.process import become_subreaper
+            from supervise_smtp.session.process import become_subreaper
 
             self.subreaper_error = become_subreaper()
         # Imported while the child starts and prints its banner; what only some
         # sessions need (the stderr splitter, /proc) waits until it is needed.
-        from supervise_smtp.diagnose import Facts
+        from supervise_smtp.session.diagnose import Facts
 
         self.out = self._output()  # never waits for the log service
         self.out.base = self.base
@@ -137,7 +137,7 @@ class Session:
         workers, our own non-blocking description of it; a file or /dev/null
         never blocks a write, so it is written directly, with no thread.
         """
-        from supervise_smtp.output import Output
+        from supervise_smtp.session.output import Output
 
         if self.log_fd is not None:
             return Output(self.opts.format, fd=self.log_fd, nonblocking=True)
@@ -160,14 +160,14 @@ class Session:
         except Exception as exc:  # fail open: no transcript, the mail goes on
             self.out.emit("capture_error", error=repr(exc)[:200])
         if opts.bare_lf == "fix":
-            from supervise_smtp.barelf import BareLFFixer
+            from supervise_smtp.session.barelf import BareLFFixer
 
             self.fixer = BareLFFixer()
 
     # -- relay ---------------------------------------------------------------
     def relay(self) -> None:
         """Both directions until the child is gone and what it said is delivered."""
-        from supervise_smtp.relay import ClientEnd, Relay
+        from supervise_smtp.session.relay import ClientEnd, Relay
 
         opts, child = self.opts, self.child
         self.link: Relay = Relay(
@@ -185,7 +185,7 @@ class Session:
         if self.stderr is None:
             if not data:
                 return
-            from supervise_smtp.scanner import StderrWatch
+            from supervise_smtp.session.stderr import StderrWatch
 
             self.stderr = StderrWatch(self.facts, self.out.emit, self.out.write_raw,
                                       self.child.pid, self.opts.stderr_mode == "pass")
@@ -194,7 +194,7 @@ class Session:
     def _data_start(self) -> None:
         """qmail-smtpd forked its queue program before the 354: note who it is."""
         if self.queue is None:
-            from supervise_smtp.procfs import QueueWatch
+            from supervise_smtp.session.procfs import QueueWatch
 
             self.queue = QueueWatch(self.child.pid)
         self.queue.at_data_start()
@@ -273,7 +273,7 @@ class Session:
         if self.subreaper_error is not None:
             self.out.emit("wrapper_error", where="subreaper", error=self.subreaper_error)
         elif self.opts.subreaper and facts.queue_outlived:
-            from supervise_smtp.process import reap_pid
+            from supervise_smtp.session.process import reap_pid
 
             qstatus = reap_pid(queue.pid, max(self.opts.linger_s, 1.0))
             self._stderr(b"")  # what it wrote before it ended
@@ -285,7 +285,7 @@ class Session:
     # -- diagnose ------------------------------------------------------------
     def diagnose(self, status: ExitStatus) -> tuple[str, dict[str, object]]:
         """The one line that says what happened: event=summary verdict=..."""
-        from supervise_smtp.diagnose import diagnose
+        from supervise_smtp.session.diagnose import diagnose
 
         facts, link = self.facts, self.link
         facts.state = self.tap.observer.state if link.tap is not None else None
@@ -329,7 +329,7 @@ class Session:
             return None, None
         measured = None
         if min(wants) <= link.bytes_out:
-            from supervise_smtp.relay import client_acked
+            from supervise_smtp.session.relay import client_acked
 
             measured = client_acked(link.cout, link.bytes_out,
                                     max(o for o in wants if o <= link.bytes_out))
@@ -361,7 +361,7 @@ class Session:
             elif path:
                 out.emit("capture", file=path)
         if opts.alert_exec:
-            from supervise_smtp.alert import maybe_alert
+            from supervise_smtp.session.alert import maybe_alert
 
             try:
                 result = maybe_alert(opts.alert_exec, opts.alert_on, opts.alert_rate,
@@ -490,7 +490,7 @@ def _make_capture(opts: Options, base: dict[str, object]) -> Any:
             return None
         if not any(addr in net for net in opts.capture_remote if net.version == addr.version):
             return None
-    from supervise_smtp.capture import Capture
+    from supervise_smtp.session.capture import Capture
 
     return Capture(opts.capture, int(str(base["pid"])), str(remote) if remote else None,
                    opts.capture_when, max_bytes=opts.capture_max_bytes, body=opts.capture_body)

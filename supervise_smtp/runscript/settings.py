@@ -27,7 +27,7 @@ import pwd
 import re
 from dataclasses import dataclass
 
-from supervise_smtp.shscript import (
+from supervise_smtp.runscript.sh import (
     CHPST_OPTSTRING,
     Command,
     ShellSyntaxError,

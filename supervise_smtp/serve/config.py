@@ -21,8 +21,8 @@ the SSL patches' -s -S -n) are refused with the reason.
 from __future__ import annotations
 
 from supervise_smtp.errors import UsageError
-from supervise_smtp.options import OPTIONS, InfoRequested, Options, parse
-from supervise_smtp.shscript import TCPSERVER_OPTSTRING
+from supervise_smtp.runscript.sh import TCPSERVER_OPTSTRING
+from supervise_smtp.session.options import OPTIONS, InfoRequested, Options, parse
 
 __all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
 
@@ -219,7 +219,7 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
             setattr(cfg, attr, value)
             return i + 1
         if kind == "listen":
-            from supervise_smtp.metrics_http import parse_listen
+            from supervise_smtp.logs.http import parse_listen
 
             try:
                 setattr(cfg, attr, parse_listen(value))

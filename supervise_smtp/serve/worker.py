@@ -33,15 +33,15 @@ import signal
 import socket
 
 from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError
-from supervise_smtp.tcpenv import Peer, peer_of, tcp_variables
+from supervise_smtp.serve.tcpenv import Peer, peer_of, tcp_variables
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from supervise_smtp.serve_log import ParentLog
-    from supervise_smtp.serve_opts import ServeConfig
+    from supervise_smtp.serve.config import ServeConfig
+    from supervise_smtp.serve.log import ParentLog
 
 __all__ = ["serve_loop", "run_worker", "Dropped", "say", "encode_addr", "DONE"]
 
@@ -124,7 +124,7 @@ def _record(cfg: ServeConfig, summary: dict[str, object]) -> bytes:
     """The summary's counters for the parent's metrics (metrics_record); none if off."""
     if not summary or not (cfg.metrics_listen or cfg.metrics_textfile):
         return b""
-    from supervise_smtp.metrics_record import record
+    from supervise_smtp.logs.tally import record
 
     try:
         return record(summary)
@@ -226,7 +226,7 @@ def _apply(env: dict[bytes, bytes], variables: Iterable[tuple[str, str | None]])
 
 def _rule(cfg: ServeConfig, ip: str, info: str | None, host: str | None) -> Any:
     """The -x rule for this client; a missing file is no rule under -X, else dropped."""
-    from supervise_smtp.rules import RulesError, lookup
+    from supervise_smtp.serve.rules import RulesError, lookup
 
     assert cfg.rules is not None
     try:
@@ -244,7 +244,7 @@ def _rule(cfg: ServeConfig, ip: str, info: str | None, host: str | None) -> Any:
 def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = None,
              summary: dict[str, object] | None = None) -> int:
     """The per-connection wrapper's session; its process's wait status (cli.main's rules)."""
-    from supervise_smtp import session
+    from supervise_smtp.session import run as session
 
     for key in (b"PROTO", b"TCPLOCALIP", b"TCPLOCALPORT", b"TCPLOCALHOST", b"TCPREMOTEIP",
                 b"TCPREMOTEPORT", b"TCPREMOTEHOST", b"TCPREMOTEINFO"):

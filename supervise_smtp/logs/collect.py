@@ -59,8 +59,8 @@ from supervise_smtp.errors import TempError, UsageError
 if TYPE_CHECKING:
     import subprocess
 
-    from supervise_smtp.metrics import Metrics, TextfileWriter
-    from supervise_smtp.metrics_http import MetricsHTTP
+    from supervise_smtp.logs.http import MetricsHTTP
+    from supervise_smtp.logs.metrics import Metrics, TextfileWriter
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
@@ -121,7 +121,7 @@ class Config:
 
 def parse_args(args: list[str]) -> Config | None:
     """The Config, or None for --help (printed); UsageError for a bad command line."""
-    from supervise_smtp.metrics_http import parse_listen
+    from supervise_smtp.logs.http import parse_listen
 
     textfile: str | None = None
     interval: float | None = None
@@ -188,7 +188,7 @@ class Counting:
     """The summary lines of the relayed bytes, counted; never raises."""
 
     def __init__(self, metrics: Metrics) -> None:
-        from supervise_smtp.lines import LineSplitter
+        from supervise_smtp.session.linesplit import LineSplitter
 
         self.metrics = metrics
         self.splitter = LineSplitter(MAX_LINE_BYTES)
@@ -201,7 +201,7 @@ class Counting:
         uses too: both count the same lines.  A summary line it finds
         malformed, or one over MAX_LINE_BYTES, is counted as unreadable.
         """
-        from supervise_smtp.logparse import parse_event
+        from supervise_smtp.logs.parse import parse_event
 
         self.mid_line = bool(data) and not data.endswith(b"\n")
         metrics = self.metrics
@@ -224,7 +224,7 @@ class Collect:
     """The relay from stdin to the logger, with the counting on the side."""
 
     def __init__(self, cfg: Config) -> None:
-        from supervise_smtp.metrics import Metrics, TextfileWriter
+        from supervise_smtp.logs.metrics import Metrics, TextfileWriter
 
         self.cfg = cfg
         self.metrics = Metrics()
@@ -365,7 +365,7 @@ class Collect:
             self.http.expire(now)
 
     def _listen(self, now: float) -> None:
-        from supervise_smtp.metrics_http import MetricsHTTP
+        from supervise_smtp.logs.http import MetricsHTTP
 
         if self.http is not None or now < self.bind_due:
             return

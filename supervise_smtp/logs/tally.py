@@ -35,8 +35,8 @@ from __future__ import annotations
 import signal as _signal
 from collections.abc import Mapping
 
-from supervise_smtp.diagnose import STAGES, VERDICTS
-from supervise_smtp.qmail import QQ_TEXTS
+from supervise_smtp.session.diagnose import STAGES, VERDICTS
+from supervise_smtp.session.qmail import QQ_TEXTS
 
 __all__ = [
     "CHILD_SIGNALS",

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import subprocess
 
-from supervise_smtp.checkservice import Finding
-from supervise_smtp.service_settings import where_to_set
+from supervise_smtp.runscript.check import Finding
+from supervise_smtp.runscript.settings import where_to_set
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from supervise_smtp.checkservice_run import _Run
+    from supervise_smtp.runscript.check_run import _Run
 
 __all__ = ["check_child", "START_TIMEOUT_S"]
 
@@ -91,7 +91,7 @@ def _child_argv(run: _Run) -> list[str] | None:
     if line.mode == "serve":
         return known
     from supervise_smtp.errors import UsageError
-    from supervise_smtp.options import parse
+    from supervise_smtp.session.options import parse
 
     try:
         _, prog = parse(known, problems=[])  # the bad options are reported elsewhere
@@ -148,7 +148,7 @@ def _start_child(run: _Run) -> list[Finding]:
 
 def _startable(run: _Run, argv: list[str]) -> bool:
     """Its first program and qmail-smtpd are there for its uid (else they are findings)."""
-    from supervise_smtp.checkservice import which
+    from supervise_smtp.runscript.check import which
 
     first = which(argv[0], run.search_path)
     line = run.line

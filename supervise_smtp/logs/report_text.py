@@ -8,7 +8,7 @@ ends with ``...``.
 
 from __future__ import annotations
 
-from supervise_smtp.logstamp import KIND_TAI64N
+from supervise_smtp.logs.stamps import KIND_TAI64N
 
 __all__ = ["WIDTH", "render"]
 

@@ -29,7 +29,7 @@ import select
 import socket
 import stat
 
-from supervise_smtp.output import format_json, format_logfmt
+from supervise_smtp.session.output import format_json, format_logfmt
 
 __all__ = ["ParentLog"]
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from supervise_smtp.metrics_record import (
+from supervise_smtp.logs.tally import (
     MAX_RECORD_BYTES,
     QUEUE_CLASSES,
     STAGE_LABELS,

@@ -39,14 +39,14 @@ import socket
 import time
 from typing import Any
 
-from supervise_smtp import serve_fds
 from supervise_smtp.errors import TempError, UsageError
-from supervise_smtp.serve_log import ParentLog
-from supervise_smtp.serve_opts import InfoRequested, ServeConfig, help_text, parse_serve
-from supervise_smtp.serve_stats import DENY_STATUS, ServeStats
-from supervise_smtp.serve_title import set_title
-from supervise_smtp.serve_worker import DONE, encode_addr, say, serve_loop
-from supervise_smtp.tcpenv import listen_address, peer_of
+from supervise_smtp.serve import fds as serve_fds
+from supervise_smtp.serve.config import InfoRequested, ServeConfig, help_text, parse_serve
+from supervise_smtp.serve.log import ParentLog
+from supervise_smtp.serve.stats import DENY_STATUS, ServeStats
+from supervise_smtp.serve.tcpenv import listen_address, peer_of
+from supervise_smtp.serve.title import set_title
+from supervise_smtp.serve.worker import DONE, encode_addr, say, serve_loop
 
 __all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S", "IDLE_TRIM_S"]
 
@@ -88,7 +88,7 @@ def main(args: list[str]) -> int:
 
 def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
     """--daemon: bind, detach (serve_daemon.py), then as in the foreground."""
-    from supervise_smtp import serve_daemon
+    from supervise_smtp.serve import daemon as serve_daemon
 
     sock = _listen(family, address, cfg.backlog)
     if cfg.print_port:
@@ -190,23 +190,25 @@ def _preload(cfg: ServeConfig) -> None:
     import importlib
 
     opts = cfg.options
-    names = ["supervise_smtp.session", "supervise_smtp.relay", "supervise_smtp.observer",
-             "supervise_smtp.observer.auth", "supervise_smtp.observer.tls",
-             "supervise_smtp.diagnose", "supervise_smtp.output", "supervise_smtp.scanner",
-             "supervise_smtp.lines", "supervise_smtp.procfs", "supervise_smtp.tcpenv",
+    names = ["supervise_smtp.session.run", "supervise_smtp.session.relay",
+             "supervise_smtp.observer", "supervise_smtp.observer.auth",
+             "supervise_smtp.observer.tls", "supervise_smtp.session.diagnose",
+             "supervise_smtp.session.output", "supervise_smtp.session.stderr",
+             "supervise_smtp.session.linesplit", "supervise_smtp.session.procfs",
+             "supervise_smtp.serve.tcpenv",
              "ipaddress", "resource",
              "fcntl",  # relay.client_acked, at a session's end (the TCP send queue)
              "setproctitle"]  # each worker's title (serve_title), set after -u/-g
     if opts.capture:
-        names.append("supervise_smtp.capture")
+        names.append("supervise_smtp.session.capture")
     if opts.alert_exec:
-        names.append("supervise_smtp.alert")
+        names.append("supervise_smtp.session.alert")
     if opts.bare_lf == "fix":
-        names.append("supervise_smtp.barelf")
+        names.append("supervise_smtp.session.barelf")
     if cfg.rules is not None:
-        names += ["supervise_smtp.rules", "cdblib"]  # rules.lookup imports cdblib lazily
+        names += ["supervise_smtp.serve.rules", "cdblib"]  # rules.lookup imports cdblib lazily
     if cfg.metrics_listen is not None or cfg.metrics_textfile is not None:
-        names.append("supervise_smtp.metrics_record")  # each worker's end-of-session record
+        names.append("supervise_smtp.logs.tally")  # each worker's end-of-session record
     for name in names:
         try:
             importlib.import_module(name)
@@ -222,7 +224,7 @@ class Server:
 
     def __init__(self, cfg: ServeConfig) -> None:
         """The wakeup pipe and the signal handlers; ``listen`` gives the socket."""
-        from supervise_smtp.process import original_environ
+        from supervise_smtp.session.process import original_environ
 
         self.cfg = cfg
         self.log = ParentLog(cfg.options.format, cfg.verbosity)
@@ -263,18 +265,18 @@ class Server:
         cfg = self.cfg
         if cfg.metrics_listen is None and cfg.metrics_textfile is None:
             return
-        from supervise_smtp.metrics import Metrics
+        from supervise_smtp.logs.metrics import Metrics
 
         self.metrics = Metrics(serve=True)
         if cfg.metrics_textfile is not None:  # written at once, then every interval
-            from supervise_smtp.metrics import TextfileWriter
+            from supervise_smtp.logs.metrics import TextfileWriter
 
             self.textfile = TextfileWriter(
                 self.metrics, cfg.metrics_textfile, cfg.metrics_interval_s,
                 lambda text: self.log.error("serve_error", where="metrics_textfile",
                                             error=text))
         if cfg.metrics_listen is not None:
-            from supervise_smtp.metrics_http import MetricsHTTP
+            from supervise_smtp.logs.http import MetricsHTTP
 
             host, port = cfg.metrics_listen
             self.http = MetricsHTTP(host, port, body=self._exposition)
@@ -298,7 +300,7 @@ class Server:
         local = self.sock.getsockname()
         cfg = self.cfg
         if self.nofile_short:
-            from supervise_smtp.metrics_http import MAX_CLIENTS
+            from supervise_smtp.logs.http import MAX_CLIENTS
 
             http = MAX_CLIENTS if self.http is not None else 0
             self.limit = min(cfg.limit, serve_fds.room(cfg.spare_workers, http))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from supervise_smtp.observer.commands import NOT_SMTP_LINES
 from supervise_smtp.observer.state import STAGE_QUIT
 from supervise_smtp.observer.state import STAGES as OBSERVER_STAGES
-from supervise_smtp.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
+from supervise_smtp.session.qmail import is_smtplf, is_timeout, qq_meaning, queue_pid
 
 TYPE_CHECKING = False  # typing costs 8 ms of start-up; mypy knows this name
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 
-from .output import escape, render
+from supervise_smtp.session.output import escape, render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # re, tempfile, typing: ~15 ms of start-up, per connection
@@ -296,7 +296,7 @@ class Capture:
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
             pass
-        from .safedir import refusal
+        from supervise_smtp.session.safedir import refusal
 
         reason = refusal(self.directory)
         if reason:  # another user could swap our files there: no transcript
@@ -353,8 +353,8 @@ _FORMATS: dict[type, Callable[[Capture, Any], list[str]]] = {}
 def _formats() -> dict[type, Callable[[Capture, Any], list[str]]]:
     """Event class -> Capture method that writes it, built at the first event."""
     if not _FORMATS:
-        from .observer import events as ev
-        from .observer import tls
+        from supervise_smtp.observer import events as ev
+        from supervise_smtp.observer import tls
 
         _FORMATS.update({
             ev.Command: Capture._command, ev.Reply: Capture._reply, ev.Banner: Capture._reply,

@@ -86,7 +86,7 @@ class StderrWatch:
         if self._splitter is None:
             if not data:
                 return
-            from supervise_smtp.lines import LineSplitter
+            from supervise_smtp.session.linesplit import LineSplitter
 
             self._splitter = LineSplitter(
                 self.PASS_BYTES if self.passthrough else self.TAG_BYTES, split=self.passthrough)

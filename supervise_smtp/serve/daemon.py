@@ -85,7 +85,7 @@ def check_pidfile(path: str) -> None:
 def check_pidfile_dir(pidfile: str, owner: int = 0) -> None:
     """Refuse a pidfile directory another user could write (safedir.py); ``owner``:
     -u's uid, trusted too (the server, as that user, removes its pidfile there)."""
-    from supervise_smtp.safedir import refusal
+    from supervise_smtp.session.safedir import refusal
 
     directory = os.path.dirname(pidfile) or "."
     try:

@@ -32,8 +32,8 @@ import sys
 from dataclasses import dataclass
 
 from supervise_smtp.errors import UsageError
-from supervise_smtp.service_settings import Setting, expand_word
-from supervise_smtp.shscript import Command
+from supervise_smtp.runscript.settings import Setting, expand_word
+from supervise_smtp.runscript.sh import Command
 
 __all__ = ["Finding", "check", "main", "read", "executable", "shell_check", "interpreter",
            "which", "check_programs", "SHELLS", "SUPERVISOR_PATH"]
@@ -127,8 +127,8 @@ def check_programs(commands: list[Command], values: dict[str, Setting], label: s
 def check(directory: str) -> list[Finding]:
     """All findings for a service directory; nothing written (as root, the child is
     started once as its user: checkservice_child)."""
-    from supervise_smtp.checkservice_log import check_log
-    from supervise_smtp.checkservice_run import check_run
+    from supervise_smtp.runscript.check_log import check_log
+    from supervise_smtp.runscript.check_run import check_run
 
     return check_run(directory) + check_log(directory)
 

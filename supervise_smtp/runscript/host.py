@@ -167,7 +167,7 @@ def listeners(port: int) -> list[Listener]:
 
 def resolve_address(host: str, port: int) -> tuple[int, tuple[object, ...]] | str:
     """(family, sockaddr) as tcpserver and serve take host, or why it cannot be resolved."""
-    from supervise_smtp.tcpenv import listen_address
+    from supervise_smtp.serve.tcpenv import listen_address
 
     return listen_address(host, port)
 

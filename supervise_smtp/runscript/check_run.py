@@ -18,8 +18,9 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from supervise_smtp import service_host as host
-from supervise_smtp.checkservice import (
+from supervise_smtp.errors import UsageError
+from supervise_smtp.runscript import host
+from supervise_smtp.runscript.check import (
     SHELLS,
     SUPERVISOR_PATH,
     Finding,
@@ -30,16 +31,15 @@ from supervise_smtp.checkservice import (
     shell_check,
     which,
 )
-from supervise_smtp.checkservice_child import check_child
-from supervise_smtp.errors import UsageError
-from supervise_smtp.service_line import Arg, NoServerLine, ServerLine, server_line
-from supervise_smtp.service_settings import (
+from supervise_smtp.runscript.check_child import check_child
+from supervise_smtp.runscript.line import Arg, NoServerLine, ServerLine, server_line
+from supervise_smtp.runscript.settings import (
     Setting,
     service_settings,
     where_to_set,
     word_setting,
 )
-from supervise_smtp.shscript import (
+from supervise_smtp.runscript.sh import (
     CHPST_OPTSTRING,
     SOFTLIMIT_OPTSTRING,
     SOFTLIMITS,
@@ -316,7 +316,7 @@ def _own_package(interp: str | None) -> str | None:
     install (its modules, imported after the user switch, must be readable then)."""
     if interp is None or os.path.abspath(interp) != os.path.abspath(sys.executable):
         return None
-    return os.path.dirname(os.path.abspath(__file__))
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # above runscript/
 
 
 def _serve_argv(line: ServerLine) -> list[str] | None:
@@ -342,7 +342,7 @@ def _check_wrapper_options(run: _Run) -> list[Finding]:
     assert line.wrapper is not None
     try:
         if line.mode == "serve":
-            from supervise_smtp.serve_opts import parse_serve
+            from supervise_smtp.serve.config import parse_serve
 
             argv = _serve_argv(line)
             if argv is None:
@@ -350,7 +350,7 @@ def _check_wrapper_options(run: _Run) -> list[Finding]:
             who = "supervise-smtp serve"
             parse_serve(argv)
         else:
-            from supervise_smtp.options import parse
+            from supervise_smtp.session.options import parse
 
             rest = [a.value for a in line.args[line.wrapper + 1:]]
             end = rest.index("--") if "--" in rest else len(rest)
@@ -500,7 +500,7 @@ def _check_rules(run: _Run) -> list[Finding]:
         return [Finding("error", f"run: rules {path} cannot be read by qmail-smtpd's uid "
                                  f"{run.uid} ({why}): every connection is dropped",
                         f"chmod 644 {path} and make its directories searchable")]
-    from supervise_smtp.rules import RulesError, lookup
+    from supervise_smtp.serve.rules import RulesError, lookup
 
     try:
         lookup(path, "127.0.0.1")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 
-from supervise_smtp.output import escape
+from supervise_smtp.session.output import escape
 
 __all__ = ["FOREIGN", "MALFORMED", "parse_event"]
 

@@ -37,11 +37,10 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from supervise_smtp.diagnose import VERDICTS
 from supervise_smtp.errors import EXIT_TEMP, UsageError
-from supervise_smtp.loginput import Inputs, expand
-from supervise_smtp.logparse import FOREIGN, MALFORMED, parse_event
-from supervise_smtp.logstamp import (
+from supervise_smtp.logs.inputs import Inputs, expand
+from supervise_smtp.logs.parse import FOREIGN, MALFORMED, parse_event
+from supervise_smtp.logs.stamps import (
     KIND_NONE,
     KIND_TAI64N,
     SCALE_DAEMONTOOLS,
@@ -49,8 +48,9 @@ from supervise_smtp.logstamp import (
     SCALES,
     StampReader,
 )
-from supervise_smtp.metrics_record import duplicate_risk
-from supervise_smtp.topk import Capped, TopK
+from supervise_smtp.logs.tally import duplicate_risk
+from supervise_smtp.logs.topk import Capped, TopK
+from supervise_smtp.session.diagnose import VERDICTS
 
 __all__ = ["ABNORMAL", "Filters", "Tally", "main", "parse_args", "parse_time"]
 
@@ -474,7 +474,7 @@ def main(args: list[str]) -> int:
     if ns.json:
         sys.stdout.write(json.dumps(tables, indent=1) + "\n")
     else:
-        from supervise_smtp.report_text import render
+        from supervise_smtp.logs.report_text import render
 
         sys.stdout.write(render(tables))
     return EXIT_TEMP if inputs.read_errors else 0  # what could be read is reported
