@@ -465,7 +465,7 @@ def ratios(results: dict[str, object]) -> dict[str, dict[str, float]]:
 
 
 def budgets(results: dict[str, object]) -> list[tuple[str, float, str, bool]]:
-    """The budgets of DESIGN.md and issue 7, from this run's medians."""
+    """The budgets of DESIGN.md, from this run's medians."""
     out = []
 
     def get(metric: str, chain: str, key: str) -> float | None:

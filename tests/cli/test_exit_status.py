@@ -1,4 +1,4 @@
-"""The child's exit status is observed, never invented (issue 11, item 2).
+"""The child's exit status is observed, never invented.
 
 A parent that ignores SIGCHLD (the disposition survives exec) makes the
 kernel reap our child itself; the wrapper resets SIGCHLD first, so the status

@@ -1,4 +1,4 @@
-"""fds 0, 1, 2 at start (issue 10, item 1), at the command line.
+"""fds 0, 1, 2 at start, at the command line.
 
 fd 2 closed: /dev/null goes on it, so no descriptor of the wrapper (the
 socketpair, the stderr pipe) can take its place and receive the event lines.

@@ -1,4 +1,4 @@
-"""Verdicts a client cannot falsify, and the replies a postmaster needs (issue 10, 3, 4, 8).
+"""Verdicts a client cannot falsify, and the replies a postmaster needs.
 
 Real tcpserver, the wrapper, and the qmail-smtpd test double (its command
 parsing checked alone in tests/process/test_fakes.py).  Each test compares what

@@ -1,4 +1,4 @@
-"""The fault matrix of issue 15: each fault end to end, mail outcome and verdict asserted.
+"""The fault matrix: each fault end to end, mail outcome and verdict asserted.
 
 Every row runs, where it makes sense, in both modes: the per-connection
 wrapper under the real tcpserver (``tcpserver -v -R -H -l 0 ... supervise-smtp

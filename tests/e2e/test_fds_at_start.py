@@ -1,4 +1,4 @@
-"""fds 0, 1, 2 as tcpserver may hand them over: one of them closed (issue 10, item 1).
+"""fds 0, 1, 2 as tcpserver may hand them over: one of them closed.
 
 A run script without ``exec 2>&1`` and no log service starts the wrapper with
 fd 2 closed.  The first descriptor the wrapper creates would then land on fd

@@ -1,4 +1,4 @@
-"""Hostile values in the event lines, end to end (issue 10 item 5).
+"""Hostile values in the event lines, end to end.
 
 ``tcpserver -v ... supervise-smtp --events all -- fake-qmail-smtpd``: a client
 puts backslashes, quotes and control bytes where a value is cut (at

@@ -1,4 +1,4 @@
-"""A log service that stops reading must not stall the mail (issue 10 item 6).
+"""A log service that stops reading must not stall the mail.
 
 ``tcpserver -R -H -l 0 127.0.0.1 PORT supervise-smtp --events all --
 fake-qmail-smtpd`` with its fd 2 a pipe that the test does not read (no

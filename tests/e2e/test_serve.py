@@ -1,4 +1,4 @@
-"""``supervise-smtp serve`` side by side with the real tcpserver (issue 12).
+"""``supervise-smtp serve`` side by side with the real tcpserver.
 
 Each test starts tcpserver and serve with the same options (``-1`` on port 0:
 both print the port they bound) in front of the same program, plays the same

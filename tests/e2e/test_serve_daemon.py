@@ -1,4 +1,4 @@
-"""``serve --daemon --pidfile F --logfile F``: detached, pidfile, log file, SIGTERM (issue 12).
+"""``serve --daemon --pidfile F --logfile F``: detached, pidfile, log file, SIGTERM.
 
 The command returns at once (exit 0) and the pidfile names a live process,
 not the one we started: it accepts SMTP (the fake qmail-smtpd behind it),

@@ -1,4 +1,4 @@
-"""serve's parent stays flat over many connections, and says so (issue 12).
+"""serve's parent stays flat over many connections, and says so.
 
 The soak: after a warm-up of 1,000 connections, SERVE_SOAK_COUNT (10,000,
 the CI figure: ~35 s on the 2-core box) short connections -- banner + QUIT

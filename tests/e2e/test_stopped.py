@@ -1,4 +1,4 @@
-"""An operator's signal is not a crash (issue 10, item 7), under real tcpserver.
+"""An operator's signal is not a crash, under real tcpserver.
 
 TERM, HUP or INT sent to the wrapper (svc -d on a process group, a reload,
 a shutdown) is passed on to qmail-smtpd; the child that dies of it was

@@ -46,7 +46,7 @@ def test_timeouts_fire_with_421_and_verdict(tcpserver, wrapper, option, which):
     assert summary.get("signal") == "SIGTERM" or summary.get("exit") == "1", summary
 
 
-# ------------------------------------------------- the end-of-data window (issue 10, item 2)
+# ------------------------------------------------- the end-of-data window
 # Between the client's ``.`` and qmail-smtpd's reply the message may already be
 # in the queue: a wrapper timeout fired there makes the client retry a message
 # that was delivered.  The queue program here stores the message at once, then

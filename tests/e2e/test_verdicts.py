@@ -1,4 +1,4 @@
-"""One verdict per connection, end to end (issue 4, DESIGN.md "Verdicts").
+"""One verdict per connection, end to end (DESIGN.md "Verdicts").
 
 ``tcpserver -v ... supervise-smtp -- CHILD`` with CHILD the qmail-smtpd test
 double (tests/fakes/fake-qmail-smtpd, its queue programs fake-qmail-queue and

@@ -1,4 +1,4 @@
-"""The shipped service dirs' settings say what they do (issue 14, item 3).
+"""The shipped service dirs' settings say what they do.
 
 Each run script is executed as its supervisor would, through the real envdir
 (daemontools), s6-envdir (s6) or its sourced conf (runit), with a stand-in

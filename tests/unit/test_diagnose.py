@@ -279,7 +279,7 @@ def test_diagnose_not_smtp_verdicts():
     assert verdict == "client_lost_after_banner" and fields["notes"] == ("not_smtp",)
 
 
-# ---------------------------------------------------------------- stopped (issue 10, item 7)
+# ---------------------------------------------------------------- stopped
 
 MID_SESSION = BANNER + HELO + ENVELOPE + DATA + [("C", b"Subject: t\r\n\r\nhal")]
 

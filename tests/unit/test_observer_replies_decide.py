@@ -1,4 +1,4 @@
-"""The server's reply decides what the client's bytes were (issue 10, item 3).
+"""The server's reply decides what the client's bytes were.
 
 Each transcript here is what the real qmail-smtpd (and tests/fakes/
 fake-qmail-smtpd, checked in test_fakes.py) answers to a client shaping its

@@ -130,7 +130,7 @@ def test_output_write_error_disables_quietly():
 
 
 # --------------------------------------------------------------------------
-# Cuts (issue 10 item 5): a value cut at MAX_VALUE_CHARS, or keys dropped to
+# Cuts: a value cut at MAX_VALUE_CHARS, or keys dropped to
 # keep a line under MAX_LOG_LINE_BYTES, must leave a line that parses strictly,
 # with no forged key and no value split.
 

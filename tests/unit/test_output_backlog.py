@@ -1,4 +1,4 @@
-"""Output's background writer (issue 10 item 6): the relay never waits for fd 2.
+"""Output's background writer: the relay never waits for fd 2.
 
 Each test uses a real pipe.  A pipe "nobody reads" is filled to the brim
 first (the test's own end, briefly non-blocking), so that any blocking write

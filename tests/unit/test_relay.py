@@ -81,7 +81,7 @@ def test_relay_tap_error_fails_open(tmp_path):
     assert (relay.bytes_in, relay.bytes_out) == (len(up), len(down))
 
 
-# -- opt-in timers and the end-of-data window (issue 10, item 2) ------------
+# -- opt-in timers and the end-of-data window ------------
 # The relay knows no SMTP: the session gives it hold_timers(), true while a
 # message may be queued and its reply is not out.  Here a tap plays that part:
 # held from the client's b".\r\n" to the child's b"250".
