@@ -1,7 +1,7 @@
 """Command line: argv by hand, then one connection; the only place that exits.
 
-Options are parsed by hand from the table in options.py (argparse is 13 ms
-of imports, paid by every SMTP connection).  Exit codes: 100 usage, 111
+Options are parsed by hand from the table in options.py (argparse is a
+costly import, paid by every SMTP connection: docs/performance.md).  Exit codes: 100 usage, 111
 could not start the child (or fd 0 or 1 closed: no client); after the child
 ran, its exit code, or its terminating signal raised on ourselves so that
 tcpserver's ``end PID status S`` is the same as without the wrapper.

@@ -1,7 +1,7 @@
 """Prometheus metrics of supervise-smtp, counted from summaries (prometheus-client).
 
 Used by the log-stage filter ``collect`` and by serve's parent; never on
-the per-connection path (prometheus-client costs about 55 ms to import) and
+the per-connection path (prometheus-client is a costly import) and
 never in a serve worker (it sends ``metrics_record.record(fields)`` instead).
 Each ``Metrics`` has its own CollectorRegistry: no process or platform
 collectors, nothing from the default registry, only these families.

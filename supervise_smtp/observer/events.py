@@ -1,7 +1,7 @@
 """Event classes emitted by the sans-IO observer.
 
 Events are plain classes with ``__slots__`` rather than dataclasses: importing
-``dataclasses`` costs ~16 ms here, and the observer is imported once per SMTP
+``dataclasses`` is a costly import, and the observer is imported once per SMTP
 connection.  Each subclass lists its fields in ``__slots__``; the field names
 are the log keys (stable API: never rename one), and ``NAME`` is the
 snake_case event name written as ``event=...``.

@@ -11,7 +11,7 @@ parent's own; active is the sessions running, workers the worker processes
 theirs alone: what stopping them would free), read from their
 /proc/PID/smaps_rollup by psutil.
 
-psutil costs 20-55 ms to import: it is imported here, in the resident
+psutil is a costly import (docs/performance.md): it is imported here, in the resident
 parent, once it is listening and only when the interval is not 0, never by
 the per-connection wrapper.  The timer is a deadline in the parent's poll
 loop (the parent forks: no thread).  The line goes through serve_log, so it

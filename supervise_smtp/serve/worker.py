@@ -19,9 +19,9 @@ when the rules deny), which is what the parent logs as tcpserver's
 ``end PID status S``.  Between sessions the worker is back as it was
 forked: the wrapper's signal dispositions, fds 0 and 1 on /dev/null, no
 child left (an orphan the session's subreaper adopted is reaped).  A fresh
-fork per connection costs ~1 ms of fork and exit plus copy-on-write faults
-on every page the session touches (~3 ms here); a reused worker pays them
-once.  A worker that crashes mid-session costs that one connection only:
+fork per connection pays the fork and exit plus copy-on-write faults on
+every page the session touches (figures: docs/serve.md); a reused worker
+pays them once.  A worker that crashes mid-session costs that one connection only:
 the parent logs its real wait status instead.
 """
 

@@ -50,7 +50,7 @@ for), ``{"action": "suppressed", "suppressed": n}``, ``{"action": "sent",
 "alert_pid": pid of C, "suppressed_before": n}`` or ``{"action": "error",
 "error": text}``; this module never raises out of ``maybe_alert``.
 
-No ``subprocess`` (about 19 ms of imports per connection): os.fork/execve.
+No ``subprocess`` (a costly import per connection): os.fork/execve.
 """
 
 from __future__ import annotations

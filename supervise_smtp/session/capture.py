@@ -34,7 +34,7 @@ import time
 from supervise_smtp.session.output import escape, render
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # re, tempfile, typing: ~15 ms of start-up, per connection
+if TYPE_CHECKING:  # re, tempfile, typing: costly imports, per connection
     from collections.abc import Callable
     from typing import Any
 
