@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, UsageError
+from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, UsageError, say
 from supervise_smtp.session.options import OPTIONS, InfoRequested, parse
 
 __all__ = ["main", "parse", "help_text", "USAGE", "SUBCOMMANDS"]
@@ -49,26 +49,6 @@ exit: 100 usage, 111 cannot start prog (or fd 0/1 closed), else prog's own statu
 """
 
 
-def _say(fd: int, text: str) -> None:
-    """One message; on fd 2 only if the log pipe takes it within a second.
-
-    fd 2 is the log service's pipe, shared with tcpserver: a stuck logger
-    must not hold a wrapper (and tcpserver's -c slot) forever on its way out.
-    """
-    data = text.encode("utf-8", "surrogateescape")
-    try:
-        if fd == 2:
-            import select
-
-            poller = select.poll()
-            poller.register(fd, select.POLLOUT)
-            if not poller.poll(1000):
-                return
-        os.write(fd, data)
-    except OSError:
-        pass
-
-
 def _refuse(fmt: str, err: TempError) -> None:
     """Exit 111 before anything started, with the lines a spawn failure gives."""
     from supervise_smtp.session.output import Output
@@ -79,7 +59,7 @@ def _refuse(fmt: str, err: TempError) -> None:
     out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
              duration_ms=0, exit=EXIT_TEMP)
     out.close(1.0)
-    _say(2, f"supervise-smtp: fatal: {err}\n")
+    say(f"supervise-smtp: fatal: {err}\n")
     os._exit(EXIT_TEMP)
 
 
@@ -102,10 +82,10 @@ def _subcommand(name: str, args: list[str]) -> int:
     try:
         return int(module.main(args))
     except UsageError as err:
-        _say(2, f"supervise-smtp {name}: fatal: {err}\n")
+        say(f"supervise-smtp {name}: fatal: {err}\n")
         return EXIT_USAGE
     except TempError as err:
-        _say(2, f"supervise-smtp {name}: fatal: {err}\n")
+        say(f"supervise-smtp {name}: fatal: {err}\n")
         return EXIT_TEMP
 
 
@@ -124,17 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         options, prog = parse(args)
     except InfoRequested as asked:
         if asked.what == "help":
-            _say(1, help_text())
+            say(help_text(), fd=1)
         else:
             from supervise_smtp import __version__
 
-            _say(1, f"supervise-smtp {__version__}\n")
+            say(f"supervise-smtp {__version__}\n", fd=1)
         os._exit(0)
     except UsageError as err:
         hint = ""
         if not [a for a in args if a != "--"]:  # nothing at all: say what there is
             hint = f"; or supervise-smtp {'|'.join(SUBCOMMANDS)} ...; see --help"
-        _say(2, f"supervise-smtp: fatal: {err} ({USAGE}{hint})\n")
+        say(f"supervise-smtp: fatal: {err} ({USAGE}{hint})\n")
         os._exit(EXIT_USAGE)
 
     if bad_fds is not None:  # fd 0 or 1 closed (no client), or no /dev/null for fd 2
@@ -144,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = session.run(options, prog)
     except TempError as err:
-        _say(2, f"supervise-smtp: fatal: {err}\n")
+        say(f"supervise-smtp: fatal: {err}\n")
         os._exit(EXIT_TEMP)
     if status.lost:  # never an invented exit 0: tcpserver sees a temporary failure
         os._exit(EXIT_TEMP)

@@ -54,7 +54,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.errors import TempError, UsageError, say
 
 if TYPE_CHECKING:
     import subprocess
@@ -175,13 +175,7 @@ def parse_args(args: list[str]) -> Config | None:
 
 def _warn(text: str) -> None:
     """One line on stderr (the supervisor's, not the log), if it takes it within 0.1 s."""
-    try:
-        poller = select.poll()
-        poller.register(2, select.POLLOUT)
-        if poller.poll(100):
-            os.write(2, f"supervise-smtp collect: {text}\n".encode("utf-8", "replace"))
-    except OSError:
-        pass
+    say(f"supervise-smtp collect: {text}\n", wait_ms=100)
 
 
 class Counting:

@@ -39,14 +39,14 @@ import socket
 import time
 from typing import Any
 
-from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.errors import TempError, UsageError, say
 from supervise_smtp.serve import fds as serve_fds
 from supervise_smtp.serve.config import InfoRequested, ServeConfig, help_text, parse_serve
 from supervise_smtp.serve.log import ParentLog
 from supervise_smtp.serve.stats import DENY_STATUS, ServeStats
 from supervise_smtp.serve.tcpenv import listen_address, peer_of
 from supervise_smtp.serve.title import set_title
-from supervise_smtp.serve.worker import DONE, encode_addr, say, serve_loop
+from supervise_smtp.serve.worker import DONE, encode_addr, serve_loop
 
 __all__ = ["main", "Server", "Worker", "ACCEPT_BURST", "EMFILE_PAUSE_S", "IDLE_TRIM_S"]
 

@@ -32,7 +32,7 @@ import os
 import signal
 import socket
 
-from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError
+from supervise_smtp.errors import EXIT_TEMP, EXIT_USAGE, TempError, say
 from supervise_smtp.serve.tcpenv import Peer, peer_of, tcp_variables
 
 TYPE_CHECKING = False
@@ -264,16 +264,3 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = Non
     if status.signal is not None:
         return status.signal  # as the wrapper dying like its child (no core)
     return (status.code or 0) << 8
-
-
-def say(text: str) -> None:
-    """cli's fatal message: on fd 2 only if the log pipe takes it within a second."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(2, select.POLLOUT)
-        if poller.poll(1000):
-            os.write(2, text.encode("utf-8", "surrogateescape"))
-    except OSError:
-        pass
