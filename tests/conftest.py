@@ -30,6 +30,33 @@ def pytest_configure(config: pytest.Config) -> None:
             signal.signal(sig, signal.SIG_DFL)
 
 
+# What starts a server (tcpserver, serve, a supervisor): the fixtures that do,
+# and the helpers a test may call itself.  Such a test is marked ``server``;
+# the fast lane, ``pytest -m "not server"``, runs everything else.
+_SERVER_FIXTURES = frozenset({"tcpserver", "serve", "both", "service", "runit_service",
+                              "installed"})
+_SERVER_CALLS = ("Listener(", "TcpServer(", "ServeServer(", "Service(", "tcpserver(",
+                 "serve(", "both(", "runit_service(")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``server`` every test that starts one (all of e2e, and any other that
+    calls a server fixture or helper)."""
+    import inspect
+
+    for item in items:
+        starts = "e2e" in item.keywords or bool(_SERVER_FIXTURES & set(
+            getattr(item, "fixturenames", ())))
+        if not starts:
+            try:
+                source = inspect.getsource(item.function)  # type: ignore[attr-defined]
+            except (AttributeError, OSError, TypeError):
+                source = ""
+            starts = any(call in source for call in _SERVER_CALLS)
+        if starts:
+            item.add_marker(pytest.mark.server)
+
+
 def in_ci() -> bool:
     """True when running under CI, where nothing may be skipped for lack of a binary."""
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
