@@ -126,11 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     except TempError as err:
         say(f"supervise-smtp: fatal: {err}\n")
         os._exit(EXIT_TEMP)
-    if status.lost:  # never an invented exit 0: tcpserver sees a temporary failure
-        os._exit(EXIT_TEMP)
-    if status.signal is not None:
+    passed_on = status.passed_on()  # the child's code or signal; a lost status is 111
+    if os.WIFSIGNALED(passed_on):
         from supervise_smtp.session.process import die_like
 
-        die_like(status.signal)
-        os._exit(128 + status.signal)
-    os._exit(status.code or 0)
+        die_like(os.WTERMSIG(passed_on))
+        os._exit(128 + os.WTERMSIG(passed_on))
+    os._exit(os.WEXITSTATUS(passed_on))

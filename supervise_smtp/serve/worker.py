@@ -259,8 +259,4 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = Non
         if summary is not None:  # its summary line said so: counted the same
             summary.update(verdict="wrapper_error", stage="connect", exit=EXIT_TEMP)
         return EXIT_TEMP << 8
-    if status.lost:
-        return EXIT_TEMP << 8
-    if status.signal is not None:
-        return status.signal  # as the wrapper dying like its child (no core)
-    return (status.code or 0) << 8
+    return status.passed_on()

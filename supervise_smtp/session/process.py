@@ -17,7 +17,7 @@ import _socket
 import errno
 import os
 
-from supervise_smtp.errors import TempError
+from supervise_smtp.errors import EXIT_TEMP, TempError
 
 __all__ = ["Child", "ExitStatus", "FORWARDED_SIGNALS", "STOP_SIGNALS", "SignalWakeup",
            "become_subreaper",
@@ -143,6 +143,20 @@ class ExitStatus:
         status.code = None
         status.lost = True
         return status
+
+    def passed_on(self) -> int:
+        """The wait status of a process that ends as the wrapper ends for this child.
+
+        The one rule for both modes (cli exits so, serve's worker reports it):
+        the child's exit code, or its signal (without a core), so that
+        tcpserver's ``end PID status S`` is what it would be without us; a
+        status that was lost is exit 111, never an invented 0.
+        """
+        if self.lost:
+            return EXIT_TEMP << 8
+        if self.signal is not None:
+            return self.signal
+        return (self.code or 0) << 8
 
     def __init__(self, wstatus: int, rusage: object | None) -> None:
         self.lost = False
