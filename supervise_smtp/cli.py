@@ -52,13 +52,11 @@ exit: 100 usage, 111 cannot start prog (or fd 0/1 closed), else prog's own statu
 def _refuse(fmt: str, err: TempError) -> None:
     """Exit 111 before anything started, with the lines a spawn failure gives."""
     from supervise_smtp.session.output import Output
+    from supervise_smtp.session.run import say_refused
 
     out = Output(fmt, background=True)  # never stalls on a stuck log pipe
     out.base = {"remote": os.environ.get("TCPREMOTEIP"), "pid": os.getpid()}
-    out.emit("wrapper_error", where="start", error=str(err), errno=err.errno)
-    out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
-             duration_ms=0, exit=EXIT_TEMP)
-    out.close(1.0)
+    say_refused(out, "start", err, 0)
     say(f"supervise-smtp: fatal: {err}\n")
     os._exit(EXIT_TEMP)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from supervise_smtp.errors import TempError
+from supervise_smtp.errors import EXIT_TEMP, TempError
 from supervise_smtp.session.process import (
     Child,
     ExitStatus,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from supervise_smtp.session.relay import Relay
     from supervise_smtp.session.stderr import StderrWatch
 
-__all__ = ["ANOMALY_EVENTS", "LOG_DRAIN_SECONDS", "ObserverTap", "run"]
+__all__ = ["ANOMALY_EVENTS", "LOG_DRAIN_SECONDS", "ObserverTap", "run", "say_refused"]
 
 LOG_DRAIN_SECONDS = 1.0  # at the end, how long the event lines may wait for fd 2
 
@@ -125,10 +125,7 @@ class Session:
         """The child could not start: say so in the usual lines (then exit 111)."""
         out = self._output()
         out.base = self.base
-        out.emit("wrapper_error", where="spawn", error=str(err), errno=err.errno)
-        out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
-                 duration_ms=self._elapsed_ms(), exit=111)
-        out.close(LOG_DRAIN_SECONDS)
+        say_refused(out, "spawn", err, self._elapsed_ms())
 
     def _output(self) -> Output:
         """The event lines: never waiting for the log service.
@@ -371,6 +368,15 @@ class Session:
                 result = {"action": "error", "error": repr(exc)[:200]}
             if result:
                 out.emit("alert", {"verdict": verdict, **result})
+
+
+def say_refused(out: Output, where: str, err: TempError, duration_ms: int) -> None:
+    """The lines of a connection refused before its child ran (exit 111): the
+    wrapper_error and its summary, the same wherever the refusal came from."""
+    out.emit("wrapper_error", where=where, error=str(err), errno=err.errno)
+    out.emit("summary", verdict="wrapper_error", stage="connect", reason=str(err),
+             duration_ms=duration_ms, exit=EXIT_TEMP)
+    out.close(LOG_DRAIN_SECONDS)
 
 
 class ObserverTap:
