@@ -39,12 +39,14 @@ import socket
 import time
 from typing import Any
 
-from supervise_smtp.errors import TempError, UsageError, say
+from supervise_smtp.errors import TempError, say
 from supervise_smtp.serve import fds as serve_fds
 from supervise_smtp.serve.config import InfoRequested, ServeConfig, help_text, parse_serve
+from supervise_smtp.serve.exporter import Exporter
+from supervise_smtp.serve.listen import address_of, listen_on, null_stdio, standard_fds, switch_user
 from supervise_smtp.serve.log import ParentLog
 from supervise_smtp.serve.stats import DENY_STATUS, ServeStats
-from supervise_smtp.serve.tcpenv import listen_address, peer_of
+from supervise_smtp.serve.tcpenv import peer_of
 from supervise_smtp.serve.title import set_title
 from supervise_smtp.serve.worker import DONE, encode_addr, serve_loop
 
@@ -71,18 +73,18 @@ def main(args: list[str]) -> int:
 
             os.write(1, f"supervise-smtp {__version__}\n".encode())
         return 0
-    _standard_fds()
-    family, address = _address(cfg.host, cfg.port)
+    standard_fds()
+    family, address = address_of(cfg.host, cfg.port)
     _preload(cfg)
     if cfg.daemon:
         return _daemon(cfg, family, address)
     server = Server(cfg)  # signals caught before anyone can know our port (-1)
-    server.listen(_listen(family, address, cfg.backlog))
+    server.listen(listen_on(family, address, cfg.backlog))
     server.open_metrics()  # a port below 1024 needs the user we start as
-    _switch_user(cfg.gid, cfg.uid)
+    switch_user(cfg.gid, cfg.uid)
     if cfg.print_port:
         os.write(1, b"%d\n" % server.sock.getsockname()[1])
-    _null_stdio()
+    null_stdio()
     return server.run()
 
 
@@ -90,7 +92,7 @@ def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
     """--daemon: bind, detach (serve_daemon.py), then as in the foreground."""
     from supervise_smtp.serve import daemon as serve_daemon
 
-    sock = _listen(family, address, cfg.backlog)
+    sock = listen_on(family, address, cfg.backlog)
     if cfg.print_port:
         os.write(1, b"%d\n" % sock.getsockname()[1])
     # A SIGTERM as soon as the pidfile is there must stop us through Server's
@@ -102,83 +104,10 @@ def _daemon(cfg: ServeConfig, family: int, address: tuple[object, ...]) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         server.listen(sock)
         server.open_metrics()
-        _switch_user(cfg.gid, cfg.uid)
+        switch_user(cfg.gid, cfg.uid)
         return server.run()
     finally:
         serve_daemon.close(context)
-
-
-def _standard_fds() -> None:
-    """fds 0, 1, 2 open (on /dev/null if closed) before we make any descriptor."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open("/dev/null", os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-
-
-def _null_stdio() -> None:
-    """tcpserver closes fds 0 and 1 once listening; /dev/null keeps them taken."""
-    null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.close(null)
-
-
-def _port(name: str) -> int:
-    if name.isdigit() and name.isascii():
-        if int(name) > 65535:
-            raise UsageError(f"bad port {name}")
-        return int(name)
-    try:
-        return socket.getservbyname(name, "tcp")
-    except OSError:
-        raise TempError(f"unable to figure out port number for {name}") from None
-
-
-def _address(host: str, port_name: str) -> tuple[int, tuple[object, ...]]:
-    """host and port as tcpserver takes them (tcpenv.listen_address); TempError if none."""
-    where = listen_address(host, _port(port_name))
-    if isinstance(where, str):
-        raise TempError(where)
-    return where
-
-
-def _listen(family: int, address: tuple[object, ...], backlog: int) -> socket.socket:
-    """The listening socket: SO_REUSEADDR as tcpserver, dual-stack for ::, close-on-exec."""
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as err:
-        raise TempError(f"unable to create socket: {err.strerror}", err.errno) from err
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError as err:
-        sock.close()
-        raise TempError(f"unable to bind: {err.strerror}", err.errno) from err
-    sock.setblocking(False)
-    return sock
-
-
-def _switch_user(gid: int, uid: int) -> None:
-    """-g then -u, as tcpserver's prot_gid/prot_uid: groups become just gid; 0 = no switch."""
-    try:
-        if gid:
-            os.setgroups([gid])
-            os.setgid(gid)
-    except OSError as err:
-        raise TempError(f"unable to set gid: {err.strerror}", err.errno) from err
-    try:
-        if uid:
-            os.setuid(uid)
-    except OSError as err:
-        raise TempError(f"unable to set uid: {err.strerror}", err.errno) from err
 
 
 def _preload(cfg: ServeConfig) -> None:
@@ -243,10 +172,7 @@ class Server:
         self.poller.register(self.wake_r, select.POLLIN)
         self.old_handlers: dict[int, object] = {}
         self.stats = ServeStats(cfg.stats_interval_s)
-        self.metrics: Any = None  # metrics.Metrics, with --metrics-listen or --metrics-textfile
-        self.http: Any = None  # metrics_http.MetricsHTTP, with --metrics-listen
-        self.http_polled: dict[int, int] = {}  # its descriptors in our poll set, and events
-        self.textfile: Any = None  # metrics.TextfileWriter, with --metrics-textfile
+        self.exporter: Exporter | None = None  # with --metrics-listen or --metrics-textfile
         self._catch_signals()
         # a descriptor per worker: the limit is raised, or -c capped (said in run)
         self.nofile_short = serve_fds.make_room(cfg.limit, cfg.spare_workers)
@@ -257,52 +183,23 @@ class Server:
         self.sock = sock
 
     def open_metrics(self) -> None:
-        """prometheus-client's registry, and the /metrics socket: the parent's alone.
-
-        Workers never touch them: each tells the parent its summary's
-        counters in its end-of-session message (metrics_record).
-        """
+        """serve's own metrics (exporter.py), the parent's alone; TempError when the
+        /metrics port cannot be bound."""
         cfg = self.cfg
-        if cfg.metrics_listen is None and cfg.metrics_textfile is None:
-            return
-        from supervise_smtp.logs.metrics import Metrics
+        if cfg.metrics_listen is not None or cfg.metrics_textfile is not None:
+            self.exporter = Exporter(cfg, self.log, lambda: len(self.active))
 
-        self.metrics = Metrics(serve=True)
-        if cfg.metrics_textfile is not None:  # written at once, then every interval
-            from supervise_smtp.logs.metrics import TextfileWriter
-
-            self.textfile = TextfileWriter(
-                self.metrics, cfg.metrics_textfile, cfg.metrics_interval_s,
-                lambda text: self.log.error("serve_error", where="metrics_textfile",
-                                            error=text))
-        if cfg.metrics_listen is not None:
-            from supervise_smtp.logs.http import MetricsHTTP
-
-            host, port = cfg.metrics_listen
-            self.http = MetricsHTTP(host, port, body=self._exposition)
-            try:
-                self.http.open()
-            except OSError as err:
-                raise TempError(f"unable to bind metrics {host}:{port}: {err.strerror}",
-                                err.errno) from err
-
-    def _exposition(self) -> bytes:
-        self.metrics.set_active(len(self.active))
-        return bytes(self.metrics.exposition())
-
-    def _write_textfile(self, force: bool = False) -> None:
-        """--metrics-textfile: rewritten when due; a failure is a line, never a stop."""
-        self.metrics.set_active(len(self.active))
-        self.textfile.maybe_write(time.monotonic(), force)
+    @property
+    def metrics(self) -> Any:
+        """The counters (logs.metrics.Metrics), or None without metrics."""
+        return self.exporter.metrics if self.exporter is not None else None
 
     def run(self) -> int:
         """Serve until SIGTERM; 0."""
         local = self.sock.getsockname()
         cfg = self.cfg
         if self.nofile_short:
-            from supervise_smtp.logs.http import MAX_CLIENTS
-
-            http = MAX_CLIENTS if self.http is not None else 0
+            http = self.exporter.clients if self.exporter is not None else 0
             self.limit = min(cfg.limit, serve_fds.room(cfg.spare_workers, http))
             self.log.error("serve_error", where="nofile", missing=self.nofile_short,
                            limit=self.limit,
@@ -322,10 +219,8 @@ class Server:
             now = time.monotonic()
             if self.stats.due(now):
                 self._write_stats()
-            if self.textfile is not None and now >= self.textfile.due:
-                self._write_textfile()
-            if self.http is not None:
-                self.http.expire(now)
+            if self.exporter is not None:
+                self.exporter.tick(now)
             self._trim(now)
             if not self.stopping:
                 self._accept()
@@ -334,10 +229,8 @@ class Server:
     def _deadline(self) -> float | None:
         """When the loop must wake without a client: statistics, or an idle worker to end."""
         deadlines = [self.stats.next_at] if self.stats.next_at is not None else []
-        if self.textfile is not None:
-            deadlines.append(self.textfile.due)
-        if self.http is not None and (t := self.http.next_deadline()) is not None:
-            deadlines.append(t)
+        if self.exporter is not None:
+            deadlines += self.exporter.deadlines()
         if len(self.idle) > self.cfg.spare_workers:
             deadlines.append(self.idle[0].idle_since + IDLE_TRIM_S)
         return min(deadlines, default=None)
@@ -392,32 +285,15 @@ class Server:
             pause = self.paused_until - now
             timeout_s = pause if timeout_s is None else min(timeout_s, pause)
         ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000) + 1)
-        if self.http is not None:
-            self._poll_http()
+        if self.exporter is not None:
+            self.exporter.poll(self.poller)
         for fd, revents in self.poller.poll(ms):
             if fd == self.wake_r:
                 self._drain_wakeups()
             elif fd in self.by_fd:
                 self._hear(self.by_fd[fd])
-            elif self.http is not None and self.http.owns(fd):
-                self.http.handle(fd, revents)
-
-    def _poll_http(self) -> None:
-        """The /metrics sockets in the poll set as the endpoint wants them now."""
-        wanted = dict(self.http.wanted())
-        for fd in [fd for fd in self.http_polled if fd not in wanted]:
-            del self.http_polled[fd]
-            try:
-                self.poller.unregister(fd)
-            except KeyError:
-                pass
-        for fd, events in wanted.items():
-            if self.http_polled.get(fd) != events:
-                if fd in self.http_polled:
-                    self.poller.modify(fd, events)
-                else:
-                    self.poller.register(fd, events)
-                self.http_polled[fd] = events
+            elif self.exporter is not None:
+                self.exporter.handle(fd, revents)
 
     def _hear(self, worker: Worker) -> None:
         """What a worker said: a session's end (its status), or EOF (it is exiting)."""
@@ -628,10 +504,9 @@ class Server:
         while self.active and time.monotonic() < deadline:
             self._wait(deadline)
             self._reap()
-        if self.textfile is not None:
-            self._write_textfile(force=True)  # what the drained sessions added
-        if self.http is not None:
-            self.http.close()
+        if self.exporter is not None:
+            self.exporter.write_textfile(force=True)  # what the drained sessions added
+            self.exporter.close()
         return 0
 
     # -- in the worker -----------------------------------------------------------
@@ -644,8 +519,8 @@ class Server:
                 signal.signal(sig, old if old is not None else signal.SIG_DFL)  # type: ignore[arg-type]
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.sock.close()
-            if self.http is not None:  # else a restarted serve could not bind its port
-                self.http.close()
+            if self.exporter is not None:  # else a restarted serve could not bind its port
+                self.exporter.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
             for other in self.workers.values():  # else they would never see our EOF
