@@ -31,7 +31,7 @@ from helpers import free_port, qmail_users
 from supervise_smtp.errors import UsageError
 from supervise_smtp.runscript import check as checkservice
 from supervise_smtp.runscript.check_run import MIN_PYTHON_LIMIT_BYTES
-from supervise_smtp.runscript.wrap import to_serve
+from supervise_smtp.runscript.wrap_serve import to_serve
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = ["daemontools", "runit", "s6"]

@@ -22,7 +22,8 @@ import pytest
 from supervise_smtp.errors import UsageError
 from supervise_smtp.runscript import wrap as wraprun
 from supervise_smtp.runscript.sh import ShellSyntaxError, shell_commands
-from supervise_smtp.runscript.wrap import WrapRefused, to_serve, wrap
+from supervise_smtp.runscript.wrap import WrapRefused, wrap
+from supervise_smtp.runscript.wrap_serve import to_serve
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "runscripts"
