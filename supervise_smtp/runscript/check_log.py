@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 
+from supervise_smtp.argv import CHPST_OPTSTRING, takes_value
 from supervise_smtp.runscript import host
 from supervise_smtp.runscript.check import (
     SHELLS,
@@ -29,7 +30,7 @@ from supervise_smtp.runscript.settings import (
     service_settings,
     where_to_set,
 )
-from supervise_smtp.runscript.sh import CHPST_OPTSTRING, Command, ShellSyntaxError, shell_commands
+from supervise_smtp.runscript.sh import Command, ShellSyntaxError, shell_commands
 
 __all__ = ["check_log"]
 
@@ -52,7 +53,7 @@ def _log_user(cmd_args: list[Arg], k: int) -> tuple[str | None, str | None, str]
                     spec = v[2:] or (cmd_args[i + 1].value if i + 1 < k else None) or ""
                     user, _, group = spec.partition(":")
                     return user, group.split(":")[0] or None, "chpst"
-                i += 2 if v[1:2] + ":" in CHPST_OPTSTRING and len(v) == 2 else 1
+                i += 2 if v[1:2] in takes_value(CHPST_OPTSTRING) and len(v) == 2 else 1
     return None, None, ""
 
 

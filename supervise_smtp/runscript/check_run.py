@@ -18,6 +18,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from supervise_smtp.argv import CHPST_OPTSTRING, SOFTLIMIT_OPTSTRING, SOFTLIMITS, getopt
 from supervise_smtp.errors import UsageError
 from supervise_smtp.runscript import host
 from supervise_smtp.runscript.check import (
@@ -39,16 +40,7 @@ from supervise_smtp.runscript.settings import (
     where_to_set,
     word_setting,
 )
-from supervise_smtp.runscript.sh import (
-    CHPST_OPTSTRING,
-    SOFTLIMIT_OPTSTRING,
-    SOFTLIMITS,
-    Command,
-    ShellSyntaxError,
-    getopt,
-    shell_commands,
-    var_name,
-)
+from supervise_smtp.runscript.sh import Command, ShellSyntaxError, shell_commands, var_name
 
 __all__ = ["check_run", "MIN_PYTHON_LIMIT_BYTES"]
 

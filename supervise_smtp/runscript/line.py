@@ -20,19 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from supervise_smtp.argv import TCPSERVER_OPTSTRING, bundle, takes_value
 from supervise_smtp.runscript.settings import Setting, expand_word
-from supervise_smtp.runscript.sh import (
-    TCPSERVER_OPTSTRING,
-    Command,
-    Word,
-    program_name,
-)
+from supervise_smtp.runscript.sh import Command, Word, program_name
 from supervise_smtp.runscript.wrap import WrapRefused, locate
 
 __all__ = ["Arg", "ServerLine", "server_line", "NoServerLine"]
 
-_TAKES = frozenset(c for i, c in enumerate(TCPSERVER_OPTSTRING)
-                   if TCPSERVER_OPTSTRING[i + 1:i + 2] == ":")
+_TAKES = takes_value(TCPSERVER_OPTSTRING)
 
 
 class NoServerLine(Exception):
@@ -128,18 +123,14 @@ def _walk_options(line: ServerLine, start: int) -> int:
                 line.long_options.append(args[i].value)
             i += 1
             continue
-        k = 1
-        while k < len(v):
-            letter = v[k]
-            if letter in _TAKES:
-                if k + 1 < len(v):
-                    line.options[letter] = Arg(v[k + 1:], args[i].word)
-                elif i + 1 < len(args):
-                    i += 1
-                    line.options[letter] = args[i]
-                break
-            line.flags.add(letter)
-            k += 1
+        flags, taker, value = bundle(v, _TAKES)
+        line.flags.update(flags)
+        if taker is not None:
+            if value is not None:
+                line.options[taker] = Arg(value, args[i].word)
+            elif i + 1 < len(args):
+                i += 1
+                line.options[taker] = args[i]
         i += 1
     return i
 

@@ -27,8 +27,8 @@ import pwd
 import re
 from dataclasses import dataclass
 
+from supervise_smtp.argv import CHPST_OPTSTRING, takes_value
 from supervise_smtp.runscript.sh import (
-    CHPST_OPTSTRING,
     Command,
     ShellSyntaxError,
     Word,
@@ -197,7 +197,7 @@ def _envdir_of(cmd: Command, directory: str, values: dict[str, Setting]) -> str 
                 if opt[1:2] == "e":
                     arg = opt[2:] or (words[j + 1].literal if j + 1 < len(words) else None)
                     return os.path.join(directory, arg) if arg else None
-                takes = opt[1:2] + ":" in CHPST_OPTSTRING
+                takes = opt[1:2] in takes_value(CHPST_OPTSTRING)
                 j += 2 if takes and len(opt) == 2 else 1
     return None
 

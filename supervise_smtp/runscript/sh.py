@@ -5,7 +5,7 @@ with their offsets (just enough of sh for run scripts: quotes, expansions,
 continuations, comments, here-documents, operators, redirections);
 :func:`assignments` and :func:`resolve` give ``$VAR`` words the values the
 script itself assigns literally; :func:`program_name` says which program a
-word names; :func:`getopt` reads a program's options as djb's sgetopt does.
+word names (a program's options are read by argv.getopt, djb's sgetopt).
 Nothing is executed.  A script the lexer cannot cut raises
 :class:`ShellSyntaxError`.  Shared by ``wrap-run`` and ``check-service``.
 """
@@ -27,20 +27,8 @@ __all__ = [
     "var_name",
     "program_name",
     "first_program",
-    "getopt",
-    "TCPSERVER_OPTSTRING",
-    "SOFTLIMIT_OPTSTRING",
-    "CHPST_OPTSTRING",
-    "SOFTLIMITS",
 ]
 
-# getopt strings read from the installed binaries (``strings tcpserver``,
-# ``strings softlimit``, ``strings chpst``): a letter followed by ":" takes an
-# argument.  tcpserver(1): -c -x -t -u -g -l -b -B take one.
-TCPSERVER_OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:pPoO"
-SOFTLIMIT_OPTSTRING = "a:c:d:f:l:m:o:p:r:s:t:"
-CHPST_OPTSTRING = "u:U:b:e:m:d:o:p:f:c:r:t:/:n:l:L:vP012V"
-SOFTLIMITS = ("softlimit", "s6-softlimit")
 
 _RESERVED = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until",
              "for", "case", "esac", "in", "!", "{", "}", "time"}
@@ -370,31 +358,3 @@ def first_program(words: list[Word]) -> str:
             continue
         return w.text
     return ""
-
-
-def getopt(values: list[str | None], start: int, optstring: str) -> tuple[int, list[str]]:
-    """djb sgetopt over ``values[start:]``: (index of the first operand, letters).
-
-    ``values`` are resolved words; None (unknown) ends the options.
-    """
-    takes = {c for i, c in enumerate(optstring) if i + 1 < len(optstring)
-             and optstring[i + 1] == ":"}
-    letters: list[str] = []
-    i = start
-    while i < len(values):
-        v = values[i]
-        if v is None or not v.startswith("-") or v == "-":
-            break
-        if v == "--":
-            return i + 1, letters
-        k = 1
-        while k < len(v):
-            letter = v[k]
-            letters.append(letter)
-            if letter in takes:
-                if k + 1 == len(v):
-                    i += 1  # the argument is the next word
-                break
-            k += 1
-        i += 1
-    return i, letters

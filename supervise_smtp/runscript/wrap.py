@@ -25,17 +25,19 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from supervise_smtp.errors import TempError, UsageError
-from supervise_smtp.runscript.sh import (
+from supervise_smtp.argv import (
     CHPST_OPTSTRING,
     SOFTLIMIT_OPTSTRING,
     SOFTLIMITS,
     TCPSERVER_OPTSTRING,
+    getopt,
+)
+from supervise_smtp.errors import TempError, UsageError
+from supervise_smtp.runscript.sh import (
     Command,
     ShellSyntaxError,
     assignments,
     first_program,
-    getopt,
     program_name,
     resolve,
     shell_commands,

@@ -20,8 +20,8 @@ the SSL patches' -s -S -n) are refused with the reason.
 
 from __future__ import annotations
 
+from supervise_smtp.argv import TCPSERVER_OPTSTRING, bundle, takes_value
 from supervise_smtp.errors import UsageError
-from supervise_smtp.runscript.sh import TCPSERVER_OPTSTRING
 from supervise_smtp.session.options import OPTIONS, InfoRequested, Options, parse
 
 __all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
@@ -33,8 +33,7 @@ USAGE = ("usage: supervise-smtp serve [-1UXpPhHrRoOdDqQv] [-c limit] [-x rules.c
          "[--daemon [--pidfile F] [--logfile F]] "
          "[wrapper options] host port [--] prog [args...]")
 
-_TAKES_VALUE = frozenset(c for i, c in enumerate(TCPSERVER_OPTSTRING)
-                         if TCPSERVER_OPTSTRING[i + 1:i + 2] == ":")
+_TAKES_VALUE = takes_value(TCPSERVER_OPTSTRING)
 
 # Options of other tcpserver builds, refused with what to do instead.
 _FOREIGN = {
@@ -166,26 +165,21 @@ def _apply(cfg: ServeConfig, letter: str, value: str) -> None:
 
 def _short(cfg: ServeConfig, args: list[str], i: int) -> int:
     """One word of bundled short options at args[i]; returns the next index."""
-    word = args[i]
-    k = 1
-    while k < len(word):
-        letter = word[k]
+    flags, taker, value = bundle(args[i], _TAKES_VALUE)
+    for letter in [*flags, taker] if taker is not None else flags:
         if letter in _FOREIGN:
             raise UsageError(_FOREIGN[letter])
         if letter not in TCPSERVER_OPTSTRING or letter == ":":
             raise UsageError(f"unknown option -{letter}")
-        if letter in _TAKES_VALUE:
-            if k + 1 < len(word):
-                value = word[k + 1:]
-            elif i + 1 < len(args):
-                i += 1
-                value = args[i]
-            else:
-                raise UsageError(f"option -{letter} needs a value")
-            _apply(cfg, letter, value)
-            break
+    for letter in flags:
         _apply(cfg, letter, "")
-        k += 1
+    if taker is not None:
+        if value is None:
+            if i + 1 >= len(args):
+                raise UsageError(f"option -{taker} needs a value")
+            i += 1
+            value = args[i]
+        _apply(cfg, taker, value)
     return i + 1
 
 

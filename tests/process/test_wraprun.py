@@ -424,7 +424,8 @@ def test_serve_corpus_idempotent_and_sh_n(name):
 def test_serve_corpus_line_keeps_tcpservers_options(name):
     """Right after ``serve`` come tcpserver's options, word for word and in order (as
     tcpserver's getopt read them), then the wrapper's; serve's parser takes the line."""
-    from supervise_smtp.runscript.sh import TCPSERVER_OPTSTRING, assignments, getopt, resolve
+    from supervise_smtp.argv import TCPSERVER_OPTSTRING, getopt
+    from supervise_smtp.runscript.sh import assignments, resolve
     from supervise_smtp.serve.config import parse_serve
 
     def values_after(text: str, program: str) -> list[str | None]:

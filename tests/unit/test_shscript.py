@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from supervise_smtp.argv import getopt
 from supervise_smtp.runscript.sh import (
     ShellSyntaxError,
     Word,
     assignments,
-    getopt,
     program_name,
     resolve,
     shell_commands,
