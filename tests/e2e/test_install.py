@@ -278,6 +278,29 @@ def supervised(public: Path, installed: Installed, double: Double,
         assert marked_processes(srv.mark) == {}, "processes left behind"
 
 
+def test_installed_wheel_has_every_wing(installed):
+    """The release is the built wheel, not the checkout: each subcommand (one per wing
+    and module: serve/, logs/, runscript/) answers --help from it, and the package it
+    runs lies in the release, with each wing's directory."""
+    release = installed.prefix / "current"
+    for sub, usage in (("serve", "usage: supervise-smtp serve"),
+                       ("report", "usage: supervise-smtp report"),
+                       ("collect", "usage: supervise-smtp collect"),
+                       ("check-service", "usage: supervise-smtp check-service"),
+                       ("wrap-run", "usage: supervise-smtp wrap-run")):
+        run = subprocess.run([str(installed.command), sub, "--help"], capture_output=True,
+                             text=True, timeout=60, cwd="/")
+        assert run.returncode == 0 and run.stdout.startswith(usage), (sub, run)
+    where = subprocess.run([str(release / "bin" / "python"), "-c",
+                            "import supervise_smtp, os; print(os.path.dirname("
+                            "supervise_smtp.__file__))"],
+                           capture_output=True, text=True, timeout=60, cwd="/", check=True)
+    package = where.stdout.strip()
+    assert package.startswith(str(installed.prefix)), package
+    for wing in ("observer", "session", "serve", "logs", "runscript"):
+        assert os.path.isfile(os.path.join(package, wing, "__init__.py")), wing
+
+
 @pytest.mark.parametrize("suite", ["runit", "daemontools", "s6"])
 def test_installed_command_serves_under_supervisor(suite, public, installed, double, qmail,
                                                    supervised):
