@@ -90,12 +90,12 @@ def _expand(cmd: Command, values: dict[str, Setting]) -> list[Arg]:
 
 def _long_takes_value(name: str) -> bool:
     """Whether serve's command line takes the next word as ``--name``'s value."""
-    # serve_opts' own tables (read, never changed): serve's options, then the wrapper's
-    from supervise_smtp.serve.config import _SERVE_LONG, _wrapper_takes_value
+    # serve's own tables (read, never changed): serve's options, then the wrapper's
+    from supervise_smtp.serve.config import SERVE_LONG, wrapper_takes_value
 
-    if name in _SERVE_LONG:
-        return _SERVE_LONG[name][1] is not None
-    return _wrapper_takes_value(name)
+    if name in SERVE_LONG:
+        return SERVE_LONG[name][1] is not None
+    return wrapper_takes_value(name)
 
 
 def _walk_options(line: ServerLine, start: int) -> int:

@@ -372,7 +372,7 @@ def _parse(args: list[str]) -> tuple[str, bool, bool, str | None, list[str], boo
     if path is None:
         raise UsageError(f"missing PATH ({USAGE})")
     if opts:
-        from supervise_smtp.cli import parse
+        from supervise_smtp.session.options import parse
 
         parse([*opts, "qmail-smtpd"])  # the options must be valid for the wrapper
     return path, dry, yes, wrapper, opts, serve

@@ -24,7 +24,7 @@ from supervise_smtp.argv import TCPSERVER_OPTSTRING, bundle, takes_value
 from supervise_smtp.errors import UsageError
 from supervise_smtp.session.options import OPTIONS, InfoRequested, Options, parse
 
-__all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text"]
+__all__ = ["ServeConfig", "parse_serve", "USAGE", "help_text", "SERVE_LONG", "wrapper_takes_value"]
 
 USAGE = ("usage: supervise-smtp serve [-1UXpPhHrRoOdDqQv] [-c limit] [-x rules.cdb] "
          "[-B banner] [-g gid] [-u uid] [-b backlog] [-l localname] [-t timeout] "
@@ -48,7 +48,7 @@ _FOREIGN = {
 }
 
 # serve's own long options: --name -> (ServeConfig attribute, kind of value).
-_SERVE_LONG = {"--drain": ("drain_s", "seconds"),
+SERVE_LONG = {"--drain": ("drain_s", "seconds"),
                "--stats-interval": ("stats_interval_s", "seconds"),
                "--worker-sessions": ("worker_sessions", "count"),
                "--spare-workers": ("spare_workers", "count"),
@@ -183,7 +183,8 @@ def _short(cfg: ServeConfig, args: list[str], i: int) -> int:
     return i + 1
 
 
-def _wrapper_takes_value(name: str) -> bool:
+def wrapper_takes_value(name: str) -> bool:
+    """Whether the wrapper's long option ``name`` takes a value (session/options.py)."""
     for row in OPTIONS:
         if name in row[0].split(", "):
             return bool(row[1])
@@ -195,8 +196,8 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
     name, eq, value = args[i].partition("=")
     if name in ("--help", "--version"):
         raise InfoRequested(name)
-    if name in _SERVE_LONG:
-        attr, kind = _SERVE_LONG[name]
+    if name in SERVE_LONG:
+        attr, kind = SERVE_LONG[name]
         if kind is None:
             if eq:
                 raise UsageError(f"option {name} takes no value")
@@ -237,7 +238,7 @@ def _long(cfg: ServeConfig, args: list[str], i: int, wrapper: list[str]) -> int:
         setattr(cfg, attr, seconds)
         return i + 1
     wrapper.append(args[i])
-    if not eq and _wrapper_takes_value(name) and i + 1 < len(args):
+    if not eq and wrapper_takes_value(name) and i + 1 < len(args):
         i += 1
         wrapper.append(args[i])
     return i + 1
