@@ -48,7 +48,7 @@ from supervise_smtp.logs.stamps import (
     SCALES,
     StampReader,
 )
-from supervise_smtp.logs.tally import duplicate_risk
+from supervise_smtp.logs.tally import CHILD_SIGNALS, OTHER, duplicate_risk, tally
 from supervise_smtp.logs.topk import Capped, TopK
 from supervise_smtp.session.diagnose import VERDICTS
 
@@ -271,22 +271,20 @@ class Tally:
                 "time": when, "remote": remote, "pid": get("pid"), "verdict": verdict,
                 "queued": queued, "queue_pid": get("queue_pid"), "helo_name": helo,
                 "mail_from_domain": domain})
-        signal = get("signal")
-        if signal:
-            self.signals.add(signal)
+        counted = tally(f)  # what the metrics count of this line: one reading for both
+        child = counted.child  # qmail-smtpd's signal name or exit code, as a label
+        if child in CHILD_SIGNALS or (child == OTHER and get("signal")):
+            self.signals.add(child)
             if get("core") == "true":
                 self.cores += 1
-        exit_code = get("exit")
-        if exit_code and exit_code != "0":
-            self.exits.add(exit_code)
-        if get("queue") == "parent_died":
+        elif child is not None and child != "0":
+            self.exits.add(child)
+        if counted.parent_died:
             self.parent_died.add(verdict)
         queue_signal = get("queue_signal")
         if queue_signal:
             self.queue_signals.add(queue_signal)
-        dropped = get("log_dropped")
-        if dropped and dropped.isdigit():
-            self.log_dropped += int(dropped)
+        self.log_dropped += counted.log_dropped
 
     # -- the tables ---------------------------------------------------------
 

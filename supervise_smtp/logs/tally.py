@@ -40,6 +40,7 @@ from supervise_smtp.session.qmail import QQ_TEXTS
 
 __all__ = [
     "CHILD_SIGNALS",
+    "OTHER",
     "MAX_RECORD_BYTES",
     "QUEUE_CLASSES",
     "RECORD_TAG",

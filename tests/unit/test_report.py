@@ -422,3 +422,47 @@ def test_report_header_names_the_tai64n_scale_only_for_tai64n_stamps():
     multilog = Tally(None, "daemontools")
     multilog.feed(log("multilog"))
     assert "(tai64n read as daemontools)" in render(multilog.tables())
+
+
+def test_report_and_metrics_agree_on_the_same_log():
+    """The same lines through report and through the metrics (collect's reading): every
+    count both keep is equal, verdicts, child statuses, parent deaths, duplicate risks and
+    dropped lines, odd values included (a made-up signal, a lost status, non-ASCII digits)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from supervise_smtp.logs.metrics import Metrics
+
+    lines = [stamp("multilog", T0 + offset) + _line(f) for offset, f in SCENARIO]
+    odd = [_summary("192.0.2.90", 900, "server_crashed", signal="SIGBOGUS", core=False),
+           _summary("192.0.2.91", 901, "wrapper_error", exit="unknown"),
+           _summary("192.0.2.92", 902, "client_lost_after_data_end", queued="yes",
+                    reply_delivered="unknown", log_dropped="\u0661\u0662", exit=1),
+           _summary("192.0.2.93", 903, "ok", queued="unknown", queue="parent_died", exit=0)]
+    lines += [stamp("multilog", T0 + 30000 + i) + _line(f) for i, f in enumerate(odd)]
+    report = Tally(None, "daemontools")
+    report.feed(lines)
+    tables = report.tables()
+    metrics = Metrics()
+    for line in lines:
+        fields = parse_event(line.split(" ", 1)[1])
+        if isinstance(fields, dict) and fields.get("event") == "summary":
+            metrics.observe(fields)
+    by = {"supervise_smtp_connections_total": "verdict",
+          "supervise_smtp_child_exit_total": "status",
+          "supervise_smtp_scanner_parent_died_total": "verdict"}
+    got: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                key = sample.labels.get(by.get(sample.name, ""), "")
+                bucket = got.setdefault(sample.name, {})
+                bucket[key] = bucket.get(key, 0) + sample.value
+    assert tables["verdicts"] == got["supervise_smtp_connections_total"]
+    child = tables["child"]
+    assert {**child["signals"], **child["exits"]} == {
+        k: v for k, v in got["supervise_smtp_child_exit_total"].items() if k != "0"}
+    assert child["parent_died"] == sum(got["supervise_smtp_scanner_parent_died_total"].values())
+    dup = tables["duplicate_risk"]
+    assert dup["queued_yes_reply_not_delivered"] + dup["queued_unknown"] == \
+        got["supervise_smtp_duplicate_risk_total"][""]
+    assert tables["log_dropped"] == got.get("supervise_smtp_log_dropped_total", {}).get("", 0)
