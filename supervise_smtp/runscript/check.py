@@ -36,10 +36,9 @@ from supervise_smtp.runscript.settings import Setting, expand_word
 from supervise_smtp.runscript.sh import Command
 
 __all__ = ["Finding", "check", "main", "read", "executable", "shell_check", "interpreter",
-           "which", "check_programs", "SHELLS", "SUPERVISOR_PATH"]
+           "which", "check_programs", "SUPERVISOR_PATH"]
 
 USAGE = "usage: supervise-smtp check-service DIR"
-SHELLS = ("sh", "bash", "dash", "ksh", "posh", "mksh")
 # The programs a run script may call, and the package that brings each.
 _PACKAGES = {"tcpserver": "ucspi-tcp", "softlimit": "daemontools", "envdir": "daemontools",
              "setuidgid": "daemontools", "multilog": "daemontools", "chpst": "runit",

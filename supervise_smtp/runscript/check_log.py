@@ -15,7 +15,6 @@ import re
 from supervise_smtp.argv import CHPST_OPTSTRING, takes_value
 from supervise_smtp.runscript import host
 from supervise_smtp.runscript.check import (
-    SHELLS,
     SUPERVISOR_PATH,
     Finding,
     check_programs,
@@ -30,7 +29,7 @@ from supervise_smtp.runscript.settings import (
     service_settings,
     where_to_set,
 )
-from supervise_smtp.runscript.sh import Command, ShellSyntaxError, shell_commands
+from supervise_smtp.runscript.sh import SHELLS, Command, ShellSyntaxError, shell_commands
 
 __all__ = ["check_log"]
 

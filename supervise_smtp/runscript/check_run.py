@@ -22,7 +22,6 @@ from supervise_smtp.argv import CHPST_OPTSTRING, SOFTLIMIT_OPTSTRING, SOFTLIMITS
 from supervise_smtp.errors import UsageError
 from supervise_smtp.runscript import host
 from supervise_smtp.runscript.check import (
-    SHELLS,
     SUPERVISOR_PATH,
     Finding,
     check_programs,
@@ -40,7 +39,7 @@ from supervise_smtp.runscript.settings import (
     where_to_set,
     word_setting,
 )
-from supervise_smtp.runscript.sh import Command, ShellSyntaxError, shell_commands, var_name
+from supervise_smtp.runscript.sh import SHELLS, Command, ShellSyntaxError, shell_commands, var_name
 
 __all__ = ["check_run", "MIN_PYTHON_LIMIT_BYTES"]
 

@@ -32,6 +32,7 @@ from supervise_smtp.runscript.sh import (
     Command,
     ShellSyntaxError,
     Word,
+    assignment,
     program_name,
     shell_commands,
     unquote,
@@ -44,7 +45,6 @@ __all__ = ["Setting", "service_settings", "expand", "expand_word", "known", "whe
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # ${NAME:=default} / ${NAME=default}; the default may hold ${X} and $(...) once
 _DEFAULT = re.compile(r"\$\{(" + _NAME + r")(:?)=((?:[^{}$]|\$\{[^}]*\}|\$\([^)]*\)|\$)*)\}")
-_ASSIGN = re.compile(r"^(" + _NAME + r")=(.*)$", re.S)
 _SUBST = re.compile(r"^\$\((.*)\)$|^`(.*)`$", re.S)
 # $NAME, ${NAME}, ${NAME-word}, ${NAME:-word}
 _VAR = re.compile(r"\$(?:\{(" + _NAME + r")(?:(:?)-([^}]*))?\}|(" + _NAME + r"))")
@@ -203,8 +203,7 @@ def _envdir_of(cmd: Command, directory: str, values: dict[str, Setting]) -> str 
 
 
 def _assignment(w: Word) -> tuple[str, str] | None:
-    m = _ASSIGN.match(w.text)
-    return (m.group(1), m.group(2)) if m else None
+    return assignment(w.text)
 
 
 def _apply_file(path: str, values: dict[str, Setting]) -> None:

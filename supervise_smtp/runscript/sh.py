@@ -22,7 +22,9 @@ __all__ = [
     "Command",
     "shell_commands",
     "unquote",
+    "assignment",
     "assignments",
+    "SHELLS",
     "resolve",
     "var_name",
     "program_name",
@@ -36,6 +38,9 @@ _REDIRECT = re.compile(r"<<-?|<&|>&|>>|<>|>\||<|>")
 _VAR_WORD = re.compile(r'^"?\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}'
                        r'|([A-Za-z_][A-Za-z0-9_]*))"?$')
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+# The shells a run script may be written for, or that a command line may start
+# (which wrap-run will not edit): the one list, for check-service and wrap-run.
+SHELLS = ("sh", "bash", "dash", "ksh", "mksh", "posh", "zsh", "busybox")
 
 # Variable names taken to mean these programs when the script does not assign
 # them (they come from envdir / a sourced conf file).
@@ -341,6 +346,12 @@ def var_name(word: Word) -> str | None:
     """NAME when the word is just ``$NAME`` or ``${NAME...}`` (quoted or not)."""
     m = _VAR_WORD.match(word.text)
     return (m.group(1) or m.group(3)) if m else None
+
+
+def assignment(text: str) -> tuple[str, str] | None:
+    """(NAME, value) of a ``NAME=value`` word, or None: the one reading of an assignment."""
+    m = _ASSIGN.match(text)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def program_name(word: Word, env: dict[str, str]) -> str:

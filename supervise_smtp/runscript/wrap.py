@@ -34,6 +34,7 @@ from supervise_smtp.argv import (
 )
 from supervise_smtp.errors import TempError, UsageError
 from supervise_smtp.runscript.sh import (
+    SHELLS,
     Command,
     ShellSyntaxError,
     assignments,
@@ -66,7 +67,6 @@ _MEMORY_LIMITS = set("amdslr")
 
 _UNSUPPORTED_SERVERS = ("tcpsvd", "sslserver", "tcpserver-ssl", "s6-tcpserver",
                         "s6-tcpserver4", "s6-tcpserver6", "inetd", "xinetd")
-_SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "busybox")
 _PORTISH = re.compile(r"^(\d+|smtp|submission|submissions|smtps|urd)$")
 
 
@@ -122,7 +122,7 @@ def locate(text: str) -> Location:
     if smtpd < prog:
         raise WrapRefused(f"line {cmd.line}: qmail-smtpd is not in tcpserver's program")
     p = names[prog]
-    if p in _SHELLS or p == "eval":
+    if p in SHELLS or p == "eval":
         raise WrapRefused(f"line {cmd.line}: tcpserver runs a shell ({p}): "
                           "too complex to edit safely, wrap it by hand")
     wrapped = any(n == "supervise-smtp" or words[k].text == "supervise_smtp"

@@ -133,3 +133,15 @@ def test_any_text_is_words_or_a_syntax_error(text):
             resolve(w, env)
             program_name(w, env)
             unquote(w.text, keep_expansions=True)
+
+
+def test_shscript_one_list_of_shells_for_both_tools():
+    """check-service and wrap-run name the same shells: a run script written for any of
+    them is read, and a tcpserver line that starts any of them is not edited."""
+    from supervise_smtp.runscript import check_log, check_run, wrap
+    from supervise_smtp.runscript.sh import SHELLS
+
+    assert check_run.SHELLS is check_log.SHELLS is SHELLS
+    for shell in SHELLS:
+        with pytest.raises(wrap.WrapRefused, match=rf"tcpserver runs a shell \({shell}\)"):
+            wrap.wrap(f"exec tcpserver 0 25 {shell} -c 'qmail-smtpd'\n")
