@@ -15,7 +15,7 @@ Rules it keeps:
   touched;
 - a tap that raises is dropped (fail open): the error is kept for one
   ``observer_error`` event, and the bytes go on as before;
-- the opt-in timers (idle, whole session) never fire while ``hold_timers()``
+- the opt-in timers (idle, whole session) never fire while ``hooks.hold_timers()``
   is true, nor, once it turns false on the child's bytes, before those bytes
   have been written to the client: the caller says when a timeout would do
   harm (session: a message may be queued and its reply is not out yet).
@@ -31,7 +31,7 @@ import select
 import stat
 import time
 
-__all__ = ["Relay", "ClientEnd", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
+__all__ = ["Relay", "Hooks", "ClientEnd", "BUFFER_BYTES", "CHUNK_BYTES", "FLUSH_SECONDS"]
 
 # The most one read moves.  Larger reads mean fewer Python steps per byte for
 # the observer, smaller ones keep the chunk in the CPU cache while it is sent
@@ -61,8 +61,30 @@ if TYPE_CHECKING:
             """Bytes read from the child (b"" at EOF)."""
 
 
-def _never() -> bool:
-    return False
+class Hooks:
+    """What the relay asks its owner (the session), in one object; these defaults are a
+    relay with nothing to watch: no stderr reader, a child never reported gone, no timers.
+    """
+
+    __slots__ = ()
+
+    def stderr(self, data: bytes) -> None:
+        """The child's stderr bytes (b"" at its end)."""
+
+    def child_exited(self) -> bool:
+        """True once the child is reaped (asked when its pidfd turns readable)."""
+        return False
+
+    def on_timeout(self, which: str) -> bytes | None:
+        """What to tell the client when a wrapper timer fires (None: nothing)."""
+        return None
+
+    def kill_child(self, signum: int) -> None:
+        """Send the child ``signum`` (after a timer fired)."""
+
+    def hold_timers(self) -> bool:
+        """True while no timer may fire (a message may be queued, its reply not out)."""
+        return False
 
 
 _SIOCOUTQ = 0x5411  # Linux: bytes in a TCP socket's send queue not yet acknowledged
@@ -184,18 +206,18 @@ class ClientEnd:
 class Relay:
     """Moves bytes until the child is gone and its output is delivered.
 
-    ``stderr_cb`` gets the child's stderr bytes (b"" at EOF); ``child_exited``
-    is polled through ``pidfd`` (or called every 100 ms when there is none)
-    and returns True once the child is reaped.  After the child has exited the
+    ``hooks`` (a Hooks) gets the child's stderr bytes and says when the child
+    is reaped (polled through ``pidfd``, or every 100 ms when there is none),
+    what a timer tells the client, how to stop the child and when timers must
+    wait.  After the child has exited the
     relay lingers at most ``linger_s`` for descendants still holding its
     socket or stderr (qmail-scanner may outlive qmail-smtpd).
     """
 
     def __init__(self, cin: ClientEnd, cout: ClientEnd, server: _socket.socket,
-                 err_fd: int | None, pidfd: int | None, tap: Tap | None,
-                 stderr_cb, child_exited, linger_s: float = 1.0,
-                 idle_s: float = 0.0, max_s: float = 0.0, on_timeout=None,
-                 kill_child=None, rewrite=None, hold_timers=None, wakeup=None) -> None:
+                 err_fd: int | None, pidfd: int | None, tap: Tap | None, hooks: Hooks,
+                 linger_s: float = 1.0, idle_s: float = 0.0, max_s: float = 0.0,
+                 rewrite=None, wakeup=None) -> None:
         self.cin = cin
         self.cout = cout
         self.server = server
@@ -203,8 +225,7 @@ class Relay:
         self.pidfd = pidfd
         self.tap = tap
         self.tap_error: BaseException | None = None
-        self.stderr_cb = stderr_cb
-        self.child_exited = child_exited
+        self.hooks = hooks
         self.linger_s = linger_s
         self.c2s = bytearray()
         self.s2c = bytearray()
@@ -224,12 +245,8 @@ class Relay:
         self.last_activity = self.started
         self.idle_s = idle_s  # 0: off
         self.max_s = max_s  # 0: off
-        self.on_timeout = on_timeout  # which -> bytes to tell the client, or None
-        self.kill_child = kill_child  # signal number -> None
         self.timeout_fired: str | None = None
         self.kill_at: float | None = None
-        # () -> bool: True while no timer may fire (asked only with a timer on).
-        self.hold_timers = hold_timers or _never
         self.timers_on = bool(idle_s or max_s)
         self.deliver_mark = 0  # a timer waits until bytes_out reaches this
         # True from a read from the client until the next read from the child:
@@ -345,7 +362,7 @@ class Relay:
             self._flush_s2c()
             return
         self.last_activity = time.monotonic()
-        held = self.timers_on and self.hold_timers()
+        held = self.timers_on and self.hooks.hold_timers()
         self.child_turn = False
         if self.rewrite is not None:
             try:
@@ -362,7 +379,7 @@ class Relay:
             if sent < len(data):
                 self.s2c += data[sent:]
         self._show(False, data)
-        if held and not self.hold_timers():
+        if held and not self.hooks.hold_timers():
             # These bytes ended the hold (the reply to the end of data): no
             # timer fires before they, and all before them, reach the client.
             self.deliver_mark = self.bytes_out + len(self.s2c)
@@ -401,10 +418,10 @@ class Relay:
         if not data:
             os.close(self.err_fd)
             self.err_fd = None
-        self.stderr_cb(data)
+        self.hooks.stderr(data)
 
     def _note_exit(self) -> None:
-        if self.exited_at is None and self.child_exited():
+        if self.exited_at is None and self.hooks.child_exited():
             self.exited_at = time.monotonic()
             if self.pidfd is not None:
                 os.close(self.pidfd)
@@ -435,7 +452,7 @@ class Relay:
         """True while a due timer must wait (see hold_timers, deliver_mark)."""
         if not self.client_gone and self.bytes_out < self.deliver_mark:
             return True
-        return self.hold_timers()
+        return self.hooks.hold_timers()
 
     def _timer_left(self) -> float | None:
         """Seconds to the next timer (idle, whole session, kill), None if none.
@@ -463,8 +480,8 @@ class Relay:
         if self.exited_at is not None:
             return
         if self.kill_at is not None:
-            if now >= self.kill_at and self.kill_child is not None:
-                self.kill_child(_signal.SIGKILL)  # the grace period is over
+            if now >= self.kill_at:
+                self.hooks.kill_child(_signal.SIGKILL)  # the grace period is over
                 self.kill_at = None
             return
         if self.timeout_fired is not None:
@@ -481,8 +498,8 @@ class Relay:
         """Say 421 if we can, close both sides, ask the child to go."""
         self.timeout_fired = which
         between_replies = not self.s2c and self.last_out == b"\n"
-        if between_replies and not self.client_gone and self.on_timeout is not None:
-            message = self.on_timeout(which)
+        if between_replies and not self.client_gone:
+            message = self.hooks.on_timeout(which)
             if message:
                 try:
                     self.bytes_out += self.cout.write(message)
@@ -500,9 +517,8 @@ class Relay:
             self.server.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
-        if self.kill_child is not None:
-            self.kill_child(_signal.SIGTERM)
-            self.kill_at = now + KILL_GRACE_SECONDS
+        self.hooks.kill_child(_signal.SIGTERM)
+        self.kill_at = now + KILL_GRACE_SECONDS
 
     def run(self) -> None:
         """Relay until done(); then close our end toward the child."""

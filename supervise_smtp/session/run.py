@@ -164,15 +164,35 @@ class Session:
     # -- relay ---------------------------------------------------------------
     def relay(self) -> None:
         """Both directions until the child is gone and what it said is delivered."""
-        from supervise_smtp.session.relay import ClientEnd, Relay
+        from supervise_smtp.session.relay import ClientEnd, Hooks, Relay
+
+        session = self
+
+        class SessionHooks(Hooks):
+            """The relay's questions, answered by this session."""
+
+            __slots__ = ()
+
+            def stderr(self, data: bytes) -> None:
+                session._stderr(data)
+
+            def child_exited(self) -> bool:
+                return session._child_exited()
+
+            def on_timeout(self, which: str) -> bytes | None:
+                return session._on_timeout(which)
+
+            def kill_child(self, signum: int) -> None:
+                session.child.signal(signum)
+
+            def hold_timers(self) -> bool:
+                return session._hold_timers()
 
         opts, child = self.opts, self.child
         self.link: Relay = Relay(
             ClientEnd(0), ClientEnd(1), child.sock, child.err_fd, child.pidfd, self.tap,
-            self._stderr, self._child_exited, linger_s=opts.linger_s,
-            idle_s=opts.idle_timeout_s, max_s=opts.max_session_s, on_timeout=self._on_timeout,
-            kill_child=child.signal, rewrite=self.fixer, hold_timers=self._hold_timers,
-            wakeup=self.wakeup)
+            SessionHooks(), linger_s=opts.linger_s, idle_s=opts.idle_timeout_s,
+            max_s=opts.max_session_s, rewrite=self.fixer, wakeup=self.wakeup)
         try:
             self.link.run()
         finally:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from supervise_smtp.session.relay import ClientEnd, Relay
+from supervise_smtp.session.relay import ClientEnd, Hooks, Relay
 
 
 class Exploding:
@@ -27,6 +27,29 @@ class Exploding:
             raise ValueError("observer bug")
 
     server_data = client_data
+
+
+class _Hooks(Hooks):
+    """The relay's hooks from plain callables, as a test gives them."""
+
+    __slots__ = ("exited", "timeout_reply", "kill", "hold")
+
+    def __init__(self, exited, on_timeout=None, kill_child=None, hold_timers=None) -> None:
+        self.exited, self.timeout_reply = exited, on_timeout
+        self.kill, self.hold = kill_child, hold_timers
+
+    def child_exited(self) -> bool:
+        return self.exited()
+
+    def on_timeout(self, which: str) -> bytes | None:
+        return self.timeout_reply(which) if self.timeout_reply else None
+
+    def kill_child(self, signum: int) -> None:
+        if self.kill is not None:
+            self.kill(signum)
+
+    def hold_timers(self) -> bool:
+        return bool(self.hold()) if self.hold is not None else False
 
 
 def test_relay_tap_error_fails_open(tmp_path):
@@ -64,8 +87,7 @@ def test_relay_tap_error_fails_open(tmp_path):
         t.start()
     tap = Exploding()
     cin, cout = ClientEnd(cin_r), ClientEnd(cout_w)
-    relay = Relay(cin, cout, ours, None, None, tap, lambda data: None, exited.is_set,
-                  linger_s=0.2)
+    relay = Relay(cin, cout, ours, None, None, tap, _Hooks(exited.is_set), linger_s=0.2)
     relay.run()
     # pipes on fds 0/1 may be shared: their O_NONBLOCK is undone at the end
     assert os.get_blocking(cin_r) and os.get_blocking(cout_w)
@@ -142,10 +164,10 @@ def _run(child, up: bytes, tap=None, hold=None, read_after: float = 0.0, **timer
         t.start()
     os.write(cin_w, up)
     box: list[Relay] = []
-    relay = Relay(ClientEnd(cin_r), ClientEnd(cout_w), ours, None, None, tap,
-                  lambda data: None, exited.is_set, linger_s=0.2,
-                  on_timeout=lambda which: TIMEOUT, kill_child=kills.append,
-                  hold_timers=(lambda: hold(box[0])) if hold else None, **timers)
+    hooks = _Hooks(exited.is_set, on_timeout=lambda which: TIMEOUT, kill_child=kills.append,
+                   hold_timers=(lambda: hold(box[0])) if hold else None)
+    relay = Relay(ClientEnd(cin_r), ClientEnd(cout_w), ours, None, None, tap, hooks,
+                  linger_s=0.2, **timers)
     box.append(relay)
     relay.run()
     os.close(cout_w)
