@@ -246,12 +246,6 @@ def _session(cfg: ServeConfig, env: dict[bytes, bytes], log_fd: int | None = Non
     """The per-connection wrapper's session; its process's wait status (cli.main's rules)."""
     from supervise_smtp.session import run as session
 
-    for key in (b"PROTO", b"TCPLOCALIP", b"TCPLOCALPORT", b"TCPLOCALHOST", b"TCPREMOTEIP",
-                b"TCPREMOTEPORT", b"TCPREMOTEHOST", b"TCPREMOTEINFO"):
-        if key in env:  # what reads os.environ (the alert hook) sees this connection
-            os.environb[key] = env[key]
-        else:
-            os.environb.pop(key, None)
     try:
         status = session.run(cfg.options, cfg.prog, env, log_fd, summary)
     except TempError as err:

@@ -164,4 +164,5 @@ def test_serve_alert_exec_gets_the_rules_variables_like_tcpserver(public_dir, tm
             server.stop()
         seen = dump.read_bytes().splitlines()
         assert b"RELAYCLIENT=" in seen and b"X=y" in seen, (kind, seen)
+        assert b"TCPREMOTEIP=127.0.0.3" in seen, (kind, seen)  # this connection's own
         assert any(v.startswith(b"SUPERVISE_SMTP_VERDICT=") for v in seen), (kind, seen)
