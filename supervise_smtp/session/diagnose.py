@@ -110,6 +110,23 @@ class Facts:
             if getattr(self, key) is None:
                 setattr(self, key, 0)
 
+    def take_end(self, state: Any, status: Any, signal_name: str | None, link: Any) -> None:
+        """The connection's end in one step: the observer's state (None: not observed),
+        the child's status (process.ExitStatus) and what the relay saw (relay.Relay).
+
+        The events were taken as they came (``note``), the queue program's and the
+        stderr's facts by their watchers; this is the rest, read once.
+        """
+        self.state = state
+        self.exit_code, self.signal, self.core = status.code, status.signal, status.core
+        self.exit_lost = status.lost
+        self.signal_name = signal_name
+        self.first_close, self.client_gone = link.first_close, link.client_gone
+        self.bytes_in, self.bytes_out = link.bytes_in, link.bytes_out
+        self.timeout_fired = link.timeout_fired
+        if link.tap_error is not None:
+            self.wrapper_error = f"observer failed: {link.tap_error!r}"[:200]
+
     def note(self, ev: Any) -> None:
         """Keep, from one observer event, what the verdict needs beyond the observer's state.
 

@@ -264,7 +264,6 @@ class Session:
         self._stderr(b"")
         self._watch_queue()
         status = child.status
-        facts.exit_lost = status.lost
         facts.stopped_by = [signal_name(s) for s in self.stop_signals]
         if self.tap.observer.state.not_smtp:
             facts.notes.append("not_smtp")
@@ -305,18 +304,8 @@ class Session:
         from supervise_smtp.session.diagnose import diagnose
 
         facts, link = self.facts, self.link
-        facts.state = self.tap.observer.state if link.tap is not None else None
-        if link.tap_error is not None:
-            facts.wrapper_error = f"observer failed: {link.tap_error!r}"[:200]
-        facts.exit_code = status.code
-        facts.signal = status.signal
-        facts.signal_name = signal_name(status.signal) if status.signal is not None else None
-        facts.core = status.core
-        facts.first_close = link.first_close
-        facts.client_gone = link.client_gone
-        facts.bytes_in = link.bytes_in
-        facts.bytes_out = link.bytes_out
-        facts.timeout_fired = link.timeout_fired
+        facts.take_end(self.tap.observer.state if link.tap is not None else None, status,
+                       signal_name(status.signal) if status.signal is not None else None, link)
         facts.reply_acked, facts.quit_heard = self._acknowledged()
         try:
             verdict, fields = diagnose(facts)

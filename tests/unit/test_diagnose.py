@@ -441,3 +441,19 @@ def test_diagnose_pipelined_quit_from_a_client_gone_is_not_ok():
     assert "pipelined" in fields["reason"]
     # the same bytes, every reply taken by the client's TCP: a clean end
     assert judge(steps, exit_code=0)[0] == "ok"
+
+
+def test_diagnose_facts_take_the_end_in_one_step():
+    """take_end reads the child's status and the relay's view once; an observer failure
+    becomes the wrapper_error the verdict names."""
+    from types import SimpleNamespace
+
+    f = Facts()
+    status = SimpleNamespace(code=None, signal=11, core=True, lost=False)
+    link = SimpleNamespace(first_close="server", client_gone=False, bytes_in=10,
+                           bytes_out=20, timeout_fired=None, tap_error=ValueError("bug"))
+    f.take_end(None, status, "SIGSEGV", link)
+    assert (f.exit_code, f.signal, f.signal_name, f.core, f.exit_lost) == (
+        None, 11, "SIGSEGV", True, False)
+    assert (f.first_close, f.bytes_in, f.bytes_out) == ("server", 10, 20)
+    assert diagnose(f)[0] == "wrapper_error" and "observer failed" in f.wrapper_error
