@@ -60,10 +60,13 @@ if TYPE_CHECKING:
         def server_data(self, data: bytes) -> None:
             """Bytes read from the child (b"" at EOF)."""
 
+    from supervise_smtp.session.run import Session
+
 
 class Hooks:
-    """What the relay asks its owner (the session), in one object; these defaults are a
-    relay with nothing to watch: no stderr reader, a child never reported gone, no timers.
+    """What the relay asks its owner, in one object (the session answers it itself);
+    these defaults are a relay with nothing to watch: no stderr reader, a child never
+    reported gone, no timers.
     """
 
     __slots__ = ()
@@ -215,7 +218,7 @@ class Relay:
     """
 
     def __init__(self, cin: ClientEnd, cout: ClientEnd, server: _socket.socket,
-                 err_fd: int | None, pidfd: int | None, tap: Tap | None, hooks: Hooks,
+                 err_fd: int | None, pidfd: int | None, tap: Tap | None, hooks: Hooks | Session,
                  linger_s: float = 1.0, idle_s: float = 0.0, max_s: float = 0.0,
                  rewrite=None, wakeup=None) -> None:
         self.cin = cin
@@ -232,7 +235,6 @@ class Relay:
         self.bytes_in = 0  # read from the client
         self.bytes_out = 0  # written to the client
         self.client_eof = False  # client sent EOF (or its read failed)
-        self.out_at_client_eof: int | None = None  # bytes_out when that EOF came
         self.server_eof = False  # child closed its output
         self.server_shut = False  # we sent EOF to the child
         self.client_shut = False  # we sent EOF to the client
@@ -293,7 +295,6 @@ class Relay:
             return
         if not data:
             self.client_eof = True
-            self.out_at_client_eof = self.bytes_out
             self.first_close = self.first_close or "client"
             self._show(True, b"")
             if self.rewrite is not None:

@@ -78,7 +78,7 @@ class Session:
     """The parts of one connection, by name; each step of ``run`` is a method."""
 
     __slots__ = ("opts", "started", "env", "log_fd", "base", "child", "stop_signals",
-                 "subreaper_error", "out", "facts", "stderr", "queue", "tap", "link", "fixer",
+                 "subreaper_error", "out", "facts", "stderr_watch", "queue", "tap", "link", "fixer",
                  "wakeup")
 
     def __init__(self, opts: Options, argv: list[str],
@@ -111,7 +111,7 @@ class Session:
         self.out.base = self.base
         self.out.emit("connect", _connect_fields(self.child, self._getenv))
         self.facts = Facts()
-        self.stderr: StderrWatch | None = None  # at the first stderr bytes: most have none
+        self.stderr_watch: StderrWatch | None = None  # at the first stderr bytes: most have none
         self.queue: QueueWatch | None = None  # at the first DATA: most sessions have none
         self.fixer: Any = None
 
@@ -164,49 +164,29 @@ class Session:
     # -- relay ---------------------------------------------------------------
     def relay(self) -> None:
         """Both directions until the child is gone and what it said is delivered."""
-        from supervise_smtp.session.relay import ClientEnd, Hooks, Relay
-
-        session = self
-
-        class SessionHooks(Hooks):
-            """The relay's questions, answered by this session."""
-
-            __slots__ = ()
-
-            def stderr(self, data: bytes) -> None:
-                session._stderr(data)
-
-            def child_exited(self) -> bool:
-                return session._child_exited()
-
-            def on_timeout(self, which: str) -> bytes | None:
-                return session._on_timeout(which)
-
-            def kill_child(self, signum: int) -> None:
-                session.child.signal(signum)
-
-            def hold_timers(self) -> bool:
-                return session._hold_timers()
+        from supervise_smtp.session.relay import ClientEnd, Relay
 
         opts, child = self.opts, self.child
         self.link: Relay = Relay(
             ClientEnd(0), ClientEnd(1), child.sock, child.err_fd, child.pidfd, self.tap,
-            SessionHooks(), linger_s=opts.linger_s, idle_s=opts.idle_timeout_s,
+            self, linger_s=opts.linger_s, idle_s=opts.idle_timeout_s,
             max_s=opts.max_session_s, rewrite=self.fixer, wakeup=self.wakeup)
         try:
             self.link.run()
         finally:
             self.wakeup.close()
 
-    def _stderr(self, data: bytes) -> None:
-        if self.stderr is None:
+    # -- what the relay asks (relay.Hooks) ------------------------------------
+    def stderr(self, data: bytes) -> None:
+        """The child's stderr bytes (b"" at its end), to the stderr watcher."""
+        if self.stderr_watch is None:
             if not data:
                 return
             from supervise_smtp.session.stderr import StderrWatch
 
-            self.stderr = StderrWatch(self.facts, self.out.emit, self.out.write_raw,
+            self.stderr_watch = StderrWatch(self.facts, self.out.emit, self.out.write_raw,
                                       self.child.pid, self.opts.stderr_mode == "pass")
-        self.stderr.feed(data)
+        self.stderr_watch.feed(data)
 
     def _data_start(self) -> None:
         """qmail-smtpd forked its queue program before the 354: note who it is."""
@@ -216,19 +196,23 @@ class Session:
             self.queue = QueueWatch(self.child.pid)
         self.queue.at_data_start()
 
-    def _child_exited(self) -> bool:
+    def child_exited(self) -> bool:
         if self.child.status is None and self.child.exited() and self.queue is not None:
             self.queue.at_child_exit()  # did the queue program outlive qmail-smtpd?
         return self.child.status is not None
 
-    def _on_timeout(self, which: str) -> bytes | None:
+    def kill_child(self, signum: int) -> None:
+        """A wrapper timer's SIGTERM, then SIGKILL."""
+        self.child.signal(signum)
+
+    def on_timeout(self, which: str) -> bytes | None:
         """What the client hears when a wrapper timeout fires: 421, unless in TLS."""
         observer = self.tap.observer
         if observer.state.tls_active or observer.stage in ("starttls", "tls"):
             return None
         return b"421 4.4.2 " + os.uname().nodename.encode() + b" timeout\r\n"
 
-    def _hold_timers(self) -> bool:
+    def hold_timers(self) -> bool:
         """No wrapper timeout between the end of data and its reply: it may be queued.
 
         (The relay then also waits until that reply is written to the client.)
@@ -261,7 +245,7 @@ class Session:
             if self.queue is not None:
                 self.queue.at_child_exit()
         child.sock.close()
-        self._stderr(b"")
+        self.stderr(b"")
         self._watch_queue()
         status = child.status
         facts.stopped_by = [signal_name(s) for s in self.stop_signals]
@@ -292,7 +276,7 @@ class Session:
             from supervise_smtp.session.process import reap_pid
 
             qstatus = reap_pid(queue.pid, max(self.opts.linger_s, 1.0))
-            self._stderr(b"")  # what it wrote before it ended
+            self.stderr(b"")  # what it wrote before it ended
             if qstatus is not None:
                 facts.queue_reaped = _exit_fields(qstatus)
                 facts.scanner_died_pid = facts.scanner_died_pid or queue.pid
