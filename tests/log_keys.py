@@ -7,9 +7,10 @@ their value) or a key renamed or added without anyone noticing.  Logs are an
 API (STYLE.md): a new key is added here on purpose, in the same commit as
 the code that writes it.
 
-Written out by hand from the code that writes lines (session.py,
-diagnose.py, scanner.py, cli.py, alert.py, serve.py, serve_stats.py,
-serve_worker.py, the observer's and TLS events' fields) and checked
+Written out by hand from the code that writes lines (session/run.py,
+session/diagnose.py, session/stderr.py, cli.py, session/alert.py,
+serve/server.py, serve/stats.py, serve/worker.py, the observer's and TLS
+events' fields) and checked
 against what the whole suite's lines carried.
 """
 

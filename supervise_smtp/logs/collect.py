@@ -7,11 +7,11 @@ The log service's run script chain-loads it before the real logger:
 
 collect spawns the logger with a pipe as its stdin and passes every byte it
 reads from its own stdin to that pipe at once, unchanged; the logger still
-timestamps, rotates and owns its directory.  The ``event=summary`` lines
-(logfmt or JSON, read by logparse.py as report reads them) are counted on the way (metrics.py); the
-counters go to a node_exporter textfile (written atomically every
---interval seconds, mode 0644), to ``/metrics`` over HTTP (--listen, served
-from this process's own poll loop: no thread), or both.
+timestamps, rotates and owns its directory. The ``event=summary`` lines
+(logfmt or JSON, read by logs/parse.py as report reads them) are counted on
+the way (metrics.py); the counters go to a node_exporter textfile (written
+atomically every --interval seconds, mode 0644), to ``/metrics`` over HTTP
+(--listen, served from this process's own poll loop: no thread), or both.
 
 The log path comes first:
 - Backpressure, never a drop: while the logger has not taken what was read,
@@ -191,7 +191,7 @@ class Counting:
     def feed(self, data: bytes) -> None:
         """Count the complete lines in ``data``; b"" (the end) counts an unfinished last one.
 
-        Lines are read by logparse.parse_event, the tolerant reader ``report``
+        Lines are read by logs.parse.parse_event, the tolerant reader ``report``
         uses too: both count the same lines.  A summary line it finds
         malformed, or one over MAX_LINE_BYTES, is counted as unreadable.
         """

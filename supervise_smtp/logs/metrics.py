@@ -2,13 +2,13 @@
 
 Used by the log-stage filter ``collect`` and by serve's parent; never on
 the per-connection path (prometheus-client is a costly import) and
-never in a serve worker (it sends ``metrics_record.record(fields)`` instead).
+never in a serve worker (it sends ``logs.tally.record(fields)`` instead).
 Each ``Metrics`` has its own CollectorRegistry: no process or platform
 collectors, nothing from the default registry, only these families.
 
 Names follow Prometheus' conventions (postfix_exporter's where they
 overlap): ``supervise_smtp_`` prefix, ``_total`` counters, base units
-(seconds, bytes).  Labels take only bounded values (metrics_record.py says
+(seconds, bytes).  Labels take only bounded values (logs/tally.py says
 which).  Series an alert rule watches are created at 0 when a Metrics is
 made, so that the first crash after a restart is an increase and not a
 series that appears at 1 (docs/alerts/supervise-smtp.rules.yml).

@@ -3,7 +3,7 @@
 Reads log files as multilog, svlogd, s6-log or a plain redirect wrote them
 (stdin when no FILES; a log directory is read as its archives in time order,
 then ``current``; gzip'd files are read through gzip), takes each line's
-timestamp to UTC (logstamp.py: ``--tai64n daemontools|s6`` says which clock
+timestamp to UTC (logs/stamps.py: ``--tai64n daemontools|s6`` says which clock
 made the ``@`` labels), and tallies the ``event=summary`` lines (and the
 ``event=reject`` codes): totals per verdict, stage and reply code, the remotes
 behind each abnormal verdict, queue failures per hour, TLS versions and

@@ -3,21 +3,21 @@
 Looks at DIR/run and DIR/log/run as daemontools, runit and s6 run them and
 prints one line per finding, ``ok:``, ``warning:`` or ``error:``, each
 problem with its fix.  Settings are worked out the way the run script
-would (service_settings: ``./env`` loaded by an envdir re-exec, a sourced
+would (settings.py: ``./env`` loaded by an envdir re-exec, a sourced
 ``./conf``, ``: "${NAME:=default}"`` defaults, ``$(id -u qmaild)`` answered
 from the password database), and the command that starts qmail-smtpd is
-read as it would run (service_line: tcpserver, or ``supervise-smtp serve``
+read as it would run (line.py: tcpserver, or ``supervise-smtp serve``
 in its place when ``SERVE=1`` or wrap-run --serve put it there).  Then the
-host is asked what that command would meet (service_host): the accounts,
+host is asked what that command would meet (host.py): the accounts,
 the files as qmail-smtpd's uid and gid see them, the rules cdb, the log
 directory as the log user sees it, the port.
 
 Nothing is executed except ``sh -n`` (parse only) and, as root, the child's
-part of the command line once as its -u/-g user (checkservice_child: does
+part of the command line once as its -u/-g user (check_child.py: does
 qmail-smtpd print its banner under its limits?); nothing is written.  The
-port is tested with a bind that never listens (see service_host).  The
-checks are in checkservice_run (``run``, with checkservice_child) and
-checkservice_log (``log/run``); this module holds what they share and the
+port is tested with a bind that never listens (see host.py).  The
+checks are in check_run.py (``run``, with check_child.py) and
+check_log.py (``log/run``); this module holds what they share and the
 command line.
 
 Exit codes: 0 no error (warnings allowed), 1 at least one error, 100 usage.
@@ -125,7 +125,7 @@ def check_programs(commands: list[Command], values: dict[str, Setting], label: s
 
 def check(directory: str) -> list[Finding]:
     """All findings for a service directory; nothing written (as root, the child is
-    started once as its user: checkservice_child)."""
+    started once as its user: check_child.py)."""
     from supervise_smtp.runscript.check_log import check_log
     from supervise_smtp.runscript.check_run import check_run
 

@@ -52,10 +52,15 @@ def _check_queue(run: _Run) -> list[Finding]:
                     " to its absolute path")]
 
 
+def _smtpd(run: _Run) -> str | None:
+    """The qmail-smtpd path the line names, when it can be told."""
+    line = run.line
+    return line.args[line.smtpd].value if line.smtpd is not None else None
+
+
 def _qmail_home(run: _Run) -> str:
     """qmail's home for this qmail-smtpd: HOME/bin/qmail-smtpd, else /var/qmail."""
-    line = run.line
-    smtpd = line.args[line.smtpd].value if line.smtpd is not None else None
+    smtpd = _smtpd(run)
     if smtpd and smtpd.endswith("/bin/qmail-smtpd"):
         return smtpd[: -len("/bin/qmail-smtpd")] or "/"
     return QMAIL_HOME
@@ -151,8 +156,7 @@ def _startable(run: _Run, argv: list[str]) -> bool:
     from supervise_smtp.runscript.check import which
 
     first = which(argv[0], run.search_path)
-    line = run.line
-    smtpd = line.args[line.smtpd].value if line.smtpd is not None else None
+    smtpd = _smtpd(run)
     return first is not None and (smtpd is None or run.denied(smtpd, "x") is None)
 
 

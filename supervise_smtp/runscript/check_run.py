@@ -1,9 +1,9 @@
 """check-service's findings on ``run``: the command that starts qmail-smtpd as it
 would run, and what it would meet on this host.
 
-The settings come from service_settings, the command from service_line
+The settings come from settings.py, the command from line.py
 (tcpserver, or supervise-smtp serve in its place), the host's answers from
-service_host.  Each check returns its findings; :func:`check_run` runs them
+host.py.  Each check returns its findings; :func:`check_run` runs them
 in the order of a connection's life: the script, the server's identity,
 the wrapper and its options, qmail-smtpd, the memory limit, the
 concurrency, the rules, the programs, the port.

@@ -11,7 +11,7 @@ between with ``SERVE`` and that ``wrap-run`` writes::
 When a script holds both (the shipped ones, in a ``case`` on ``SERVE``), the
 serve line is the one that runs when ``SERVE`` is 1, the tcpserver line
 otherwise.  tcpserver's options are read as its getopt reads them
-(``TCPSERVER_OPTSTRING``); serve's long options as serve_opts reads them.
+(``TCPSERVER_OPTSTRING``); serve's long options as serve/config.py reads them.
 Pure: the caller passes the settings, nothing here looks at the host.
 """
 

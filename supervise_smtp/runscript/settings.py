@@ -256,7 +256,7 @@ def _walk(commands: list[Command], values: dict[str, Setting], directory: str,
 def service_settings(directory: str, commands: list[Command]) -> dict[str, Setting]:
     """The run script's variables at its exec line (see the module docstring).
 
-    ``commands`` is the script cut by :func:`shscript.shell_commands`; files it
+    ``commands`` is the script cut by :func:`sh.shell_commands`; files it
     sources and envdirs it loads are read relative to ``directory`` (the
     supervisor runs the script there).
     """
@@ -270,7 +270,7 @@ def service_settings(directory: str, commands: list[Command]) -> dict[str, Setti
 
 
 def known(values: dict[str, Setting]) -> dict[str, str]:
-    """The values that are known, for :func:`shscript.resolve`."""
+    """The values that are known, for :func:`sh.resolve`."""
     return {k: s.value for k, s in values.items() if s.value is not None}
 
 

@@ -1,6 +1,6 @@
 """``supervise-smtp wrap-run PATH``: insert supervise-smtp into a run script.
 
-The core is pure (text in, text out, warnings list): :mod:`shscript` cuts a
+The core is pure (text in, text out, warnings list): :mod:`sh` cuts a
 POSIX sh script into simple commands and words with their offsets,
 :func:`locate` finds the one ``tcpserver ... qmail-smtpd`` command and the
 place where tcpserver's program starts, and :func:`wrap` inserts

@@ -41,7 +41,7 @@ def to_serve(text: str, wrapper: str = "supervise-smtp",
     word becomes ``WRAPPER serve``, the wrapper's options move before the
     host, and the wrapper word and its ``--`` leave the program, which keeps
     a ``--`` in front of it.  Whether serve can carry tcpserver's options is
-    decided by serve's own parser (:func:`serve_opts.parse_serve`).  Raises
+    decided by serve's own parser (:func:`serve.config.parse_serve`).  Raises
     WrapRefused or ShellSyntaxError.
     """
     commands = shell_commands(text)

@@ -4,7 +4,7 @@ The parent binds host:port, switches to -u/-g, imports everything a session
 needs and then only accepts, forks, reaps and counts.  Each connection is a
 forked worker that does what tcpserver's child does before its exec (banner,
 environment with its DNS and ident lookups, the -x rules: serve's tcpenv,
-tcpdns and rules modules) and then runs the very session of the
+dns and rules modules) and then runs the very session of the
 per-connection wrapper, ``session.run(options, prog, env)``, with the
 wrapper options parsed once in the parent; it exits as the wrapper would
 (the child's code, its signal, 111 when the child could not run, 100 when
@@ -12,7 +12,7 @@ the rules deny), so the parent's ``event=end ... status=S`` is what
 ``tcpserver -v`` prints as ``end PID status S`` for the same connection.
 
 Fork safety: the parent never starts a thread (its lines are written
-synchronously, serve_log.py), freezes the garbage collector's objects
+synchronously, serve/log.py), freezes the garbage collector's objects
 before each fork so that workers keep sharing its pages, and blocks the
 signals it handles around fork() so that a worker starts with tcpserver's
 dispositions (SIGCHLD, TERM, HUP, ALRM, INT as the wrapper finds them), no
@@ -127,7 +127,7 @@ def _preload(cfg: ServeConfig) -> None:
              "supervise_smtp.serve.tcpenv",
              "ipaddress", "resource",
              "fcntl",  # relay.client_acked, at a session's end (the TCP send queue)
-             "setproctitle"]  # each worker's title (serve_title), set after -u/-g
+             "setproctitle"]  # each worker's title (serve/title.py), set after -u/-g
     if opts.capture:
         names.append("supervise_smtp.session.capture")
     if opts.alert_exec:

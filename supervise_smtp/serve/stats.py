@@ -14,7 +14,7 @@ theirs alone: what stopping them would free), read from their
 psutil is a costly import (docs/performance.md): it is imported here, in the resident
 parent, once it is listening and only when the interval is not 0, never by
 the per-connection wrapper.  The timer is a deadline in the parent's poll
-loop (the parent forks: no thread).  The line goes through serve_log, so it
+loop (the parent forks: no thread).  The line goes through serve/log.py, so it
 never blocks; it is written unless -q.
 """
 

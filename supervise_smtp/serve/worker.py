@@ -121,7 +121,7 @@ def serve_loop(cfg: ServeConfig, log: ParentLog, base_env: dict[bytes, bytes],
 
 
 def _record(cfg: ServeConfig, summary: dict[str, object]) -> bytes:
-    """The summary's counters for the parent's metrics (metrics_record); none if off."""
+    """The summary's counters for the parent's metrics (logs/tally.py); none if off."""
     if not summary or not (cfg.metrics_listen or cfg.metrics_textfile):
         return b""
     from supervise_smtp.logs.tally import record

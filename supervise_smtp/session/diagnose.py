@@ -92,7 +92,7 @@ class Facts:
     helo_name: bytes | None  # the argument of the last EHLO/HELO
     mail_from_domain: bytes | None  # the domain of the last MAIL FROM (never its local part)
     stderr_unlogged: int  # child stderr lines past the first STDERR_EVENTS: counted only
-    last_stderr: bytes | None  # the last line on the child's stderr, cut (scanner.py)
+    last_stderr: bytes | None  # the last line on the child's stderr, cut (session/stderr.py)
 
     def __init__(self, **fields: Any) -> None:
         for key in self.__slots__:

@@ -1,7 +1,7 @@
 """One connection, in the steps of docs/design.md: spawn, relay, observe, watch, diagnose.
 
 This wires the parts together and decides nothing itself: process spawns and
-reaps, relay moves bytes, the tap shows them to the SMTP observer, scanner and
+reaps, relay moves bytes, the tap shows them to the SMTP observer, stderr and
 procfs watch what runs under the child, diagnose gives the verdict, output
 writes the lines.  Everything runs in one process, one thread, no asyncio
 (output's writer thread only moves finished lines to fd 2).  The resident
